@@ -1,0 +1,408 @@
+"""llm-proxy settings: every knob comes from the environment, with working defaults.
+
+With no environment at all the proxy runs on a SQLite file and an in-process counter
+store, with development secrets generated once into ``var/dev-secrets.json`` (ignored by
+git). ``PROXY_ENV=production`` turns every missing secret into a start-up error instead.
+
+A malformed value stops the process at start with a message naming the variable: a
+proxy that silently falls back to a default cap or key is worse than one that won't boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("PROXY_VAR_DIR", BASE_DIR / "var"))
+
+
+# --- small typed env helpers --------------------------------------------------------------
+
+
+def _bad(name: str, value: str, expected: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name}={value!r} is not valid: expected {expected}.")
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise _bad(name, raw, "one of true/false/1/0/yes/no/on/off")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad(name, raw, "an integer") from None
+    if minimum is not None and value < minimum:
+        raise _bad(name, raw, f"an integer >= {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad(name, raw, "a number") from None
+    if minimum is not None and value < minimum:
+        raise _bad(name, raw, f"a number >= {minimum}")
+    return value
+
+
+def env_decimal(name: str, default: Decimal) -> Decimal:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        raise _bad(name, raw, "a decimal number") from None
+
+
+def env_list(name: str, default: list[str] | None = None) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return list(default or [])
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default) or default
+    if value not in choices:
+        raise _bad(name, value, "one of " + ", ".join(choices))
+    return value
+
+
+def database_from_url(name: str, url: str) -> dict[str, Any]:
+    """Turn ``postgres://user:pass@host:port/db?opt=v`` or ``sqlite:///path`` into DATABASES."""
+    parts = urlsplit(url)
+    options = dict(parse_qsl(parts.query))
+    if parts.scheme == "sqlite":
+        # sqlite:///relative.db and sqlite:////absolute.db, as in dj-database-url.
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else parts.path
+        if not path:
+            raise _bad(name, url, "sqlite:///path/to/file.sqlite3")
+        db_path = Path(path) if Path(path).is_absolute() else BASE_DIR / path
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": db_path,
+            "OPTIONS": {
+                # WAL lets the proxy write usage while the admin reads; IMMEDIATE avoids
+                # "database is locked" on write upgrades under concurrent requests.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+            "TEST": {"NAME": str(db_path.with_name("test_" + db_path.name))},
+        }
+    if parts.scheme in ("postgres", "postgresql", "pgsql"):
+        if not parts.path or parts.path == "/":
+            raise _bad(name, url, "postgres://user:password@host:5432/dbname")
+        try:
+            port = parts.port
+        except ValueError:
+            raise _bad(name, url, "a numeric port") from None
+        db: dict[str, Any] = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path[1:]),
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(port or ""),
+            "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": options,
+        }
+        return db
+    raise _bad(name, url, "a sqlite:/// or postgres:// URL")
+
+
+# --- secrets: generated once for development, required in production ----------------------
+
+PROXY_ENV = env_choice("PROXY_ENV", "development", ("development", "production"))
+PRODUCTION = PROXY_ENV == "production"
+
+
+def _dev_secrets() -> dict[str, str]:
+    """Secrets for a development checkout, created once and kept in the ignored var/ dir."""
+    path = VAR_DIR / "dev-secrets.json"
+    if path.exists():
+        data: dict[str, str] = json.loads(path.read_text())
+        return data
+    from cryptography.fernet import Fernet
+
+    from proxy_site.jwtkeys import generate_signing_jwk
+
+    data = {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "PROXY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "JWT_SIGNING_JWK": json.dumps(generate_signing_jwk(kid="dev-1")),
+        "ADMIN_PASSWORD": secrets.token_urlsafe(12),
+    }
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # Write-then-link so two processes starting at once agree on one set of secrets.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.chmod(tmp, 0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    existing: dict[str, str] = json.loads(path.read_text())
+    return existing
+
+
+DEV_SECRETS: dict[str, str] = {} if PRODUCTION else _dev_secrets()
+
+
+def _secret(name: str, dev_key: str | None = None) -> str:
+    value = env_str(name)
+    if value:
+        return value
+    if PRODUCTION:
+        raise ImproperlyConfigured(f"{name} must be set when PROXY_ENV=production.")
+    return DEV_SECRETS.get(dev_key or name, "")
+
+
+SECRET_KEY = _secret("SECRET_KEY")
+DEBUG = env_bool("DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be off when PROXY_ENV=production.")
+if PRODUCTION and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured("SECRET_KEY must be a random string of at least 32 characters.")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# Comma-separated Fernet keys: the first encrypts, all decrypt (rotation without downtime).
+PROXY_ENCRYPTION_KEYS = env_list("PROXY_ENCRYPTION_KEYS") or (
+    [] if PRODUCTION else [DEV_SECRETS["PROXY_ENCRYPTION_KEY"]]
+)
+if not PROXY_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("PROXY_ENCRYPTION_KEYS must be set when PROXY_ENV=production.")
+
+
+def _check_fernet_keys(keys: list[str]) -> None:
+    from cryptography.fernet import Fernet
+
+    for index, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(
+                f"PROXY_ENCRYPTION_KEYS entry #{index + 1} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes; make one with "
+                "`python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`)."
+            ) from None
+
+
+_check_fernet_keys(PROXY_ENCRYPTION_KEYS)
+
+
+# --- JWT -----------------------------------------------------------------------------------
+# Verification keys are a JWKS (inline JSON or a path to a file); every key names its kid
+# and alg. Only algorithms in JWT_ALGORITHMS are accepted, and a token's alg must equal its
+# key's alg, which rules out HS/RS key confusion by construction.
+
+JWT_ALGORITHMS = env_list("JWT_ALGORITHMS", ["EdDSA"])
+_KNOWN_ALGS = {"EdDSA", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"}
+for _alg in JWT_ALGORITHMS:
+    if _alg not in _KNOWN_ALGS:
+        raise _bad("JWT_ALGORITHMS", ",".join(JWT_ALGORITHMS), ", ".join(sorted(_KNOWN_ALGS)))
+JWT_ISSUER = env_str("JWT_ISSUER", "llm-proxy")
+JWT_AUDIENCE = env_str("JWT_AUDIENCE", "llm-proxy")
+JWT_LEEWAY_SECONDS = env_int("JWT_LEEWAY_SECONDS", 30, minimum=0)
+JWT_MAX_TOKEN_BYTES = env_int("JWT_MAX_TOKEN_BYTES", 8192, minimum=256)
+JWT_SIGNING_JWK = _secret("JWT_SIGNING_JWK") if not PRODUCTION else env_str("JWT_SIGNING_JWK")
+
+
+def _load_json_or_file(name: str, raw: str) -> Any:
+    text = raw
+    if not raw.lstrip().startswith("{"):
+        try:
+            text = Path(raw).read_text()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}: cannot read {raw!r}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
+
+
+def _jwks() -> dict[str, Any]:
+    raw = env_str("JWT_JWKS")
+    if raw:
+        data = _load_json_or_file("JWT_JWKS", raw)
+    elif JWT_SIGNING_JWK:
+        from proxy_site.jwtkeys import public_jwks_from_signing_jwk
+
+        data = public_jwks_from_signing_jwk(_load_json_or_file("JWT_SIGNING_JWK", JWT_SIGNING_JWK))
+    else:
+        raise ImproperlyConfigured("JWT_JWKS must be set when PROXY_ENV=production.")
+    from proxy_site.jwtkeys import validate_jwks
+
+    try:
+        validate_jwks(data, allowed_algorithms=JWT_ALGORITHMS)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"JWT_JWKS: {exc}") from None
+    return dict(data)
+
+
+JWT_JWKS = _jwks()
+
+
+# --- Database, cache and counter store -----------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL", "sqlite:///var/llm-proxy.sqlite3")
+DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# REDIS_URL unset: an embedded in-process store that runs the same Lua scripts (one process
+# only). Set: real Redis, which is also Django's cache through django-redis.
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    raise _bad("REDIS_URL", REDIS_URL, "a redis://, rediss:// or unix:// URL")
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "llmproxy",
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            },
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+# --- The proxy -----------------------------------------------------------------------------
+
+PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
+# How long a process trusts its cached view of a tenant (tier, routes, keys) before reading
+# the database again; changes made through Django also clear it at once in this process.
+PROXY_CONTEXT_TTL = env_float("PROXY_CONTEXT_TTL", 5.0, minimum=0.0)
+PROXY_DEFAULT_MAX_TOKENS = env_int("PROXY_DEFAULT_MAX_TOKENS", 4096, minimum=1)
+PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
+PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
+
+
+# --- Django --------------------------------------------------------------------------------
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "tenants",
+    "routing",
+    "usage",
+]
+
+# The admin's stack. The proxy API (/v1/) is served by a separate handler with only the
+# async-native middleware in PROXY_MIDDLEWARE, so the hot path never hops to a thread.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+PROXY_MIDDLEWARE = ["proxy_site.middleware.api_headers_middleware"]
+
+ROOT_URLCONF = "proxy_site.urls"
+ASGI_APPLICATION = "proxy_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # httpx logs every request URL at INFO; keep it quiet unless asked.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from tenants.models import Tier
+
+
+class Provider(models.Model):
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible (chat completions)"
+        ANTHROPIC = "anthropic", "Anthropic (Messages API)"
+
+    slug = models.SlugField(unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    base_url = models.URLField(
+        help_text="As each SDK expects it: https://api.moonshot.ai/v1, https://api.anthropic.com"
+    )
+    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
+    read_timeout = models.FloatField(
+        default=120.0,
+        validators=[MinValueValidator(0.1)],
+        help_text="Seconds to wait for each read from the provider, first byte included.",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class ProviderKey(models.Model):
+    """A pooled provider API key. The secret is stored only as MultiFernet ciphertext."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
+    label = models.CharField(max_length=100)
+    secret_ciphertext = models.TextField(editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__slug", "label"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "label"], name="providerkey_unique_label")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug}/{self.label} ••••{self.last4}"
+
+    @property
+    def masked(self) -> str:
+        return f"••••{self.last4}"
+
+
+class ModelRoute(models.Model):
+    """Maps a public model name within a tier to a provider's model; priority orders fallbacks."""
+
+    tier = models.ForeignKey(Tier, on_delete=models.CASCADE, related_name="routes")
+    model = models.CharField(max_length=200, help_text="The model name tenants send.")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="routes")
+    upstream_model = models.CharField(max_length=200)
+    priority = models.PositiveIntegerField(default=0, help_text="Lower is tried first.")
+    input_usd_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
+    output_usd_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tier__slug", "model", "priority"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tier", "model", "provider", "upstream_model"], name="route_unique_target"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tier.slug}:{self.model} → {self.provider.slug}/{self.upstream_model}"

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class Tier(models.Model):
+    """A plan: which models a tenant may call, and how much of them per week."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    weekly_token_cap = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Input + output tokens per week. Empty: no cap."
+    )
+    weekly_cost_cap_usd = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="USD per week at the routes' prices. Empty: no cap.",
+    )
+    requests_per_minute = models.PositiveIntegerField(default=60)
+    max_concurrent_requests = models.PositiveIntegerField(default=4)
+    default_max_tokens = models.PositiveIntegerField(
+        default=4096,
+        help_text="Completion allowance reserved when a request names no max_tokens.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Tenant(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    slug = models.SlugField(unique=True, help_text="The JWT `sub` claim.")
+    name = models.CharField(max_length=200)
+    tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="tenants")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    weekly_token_cap_override = models.PositiveBigIntegerField(null=True, blank=True)
+    weekly_cost_cap_usd_override = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+    )
+    requests_per_minute_override = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent_requests_override = models.PositiveIntegerField(null=True, blank=True)
+    token_version = models.PositiveIntegerField(
+        default=1, help_text="Tokens carry this as `ver`; bumping it revokes every older token."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from django.db import models
+
+from routing.models import ModelRoute, ProviderKey
+from tenants.models import Tenant, Tier
+
+
+class UsageRecord(models.Model):
+    """The ledger: one row per request that reached the proxy's forwarding step."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "Completed"
+        CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+        UPSTREAM_ERROR = "upstream_error", "Upstream error"
+        UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="+")
+    route = models.ForeignKey(ModelRoute, on_delete=models.SET_NULL, null=True, related_name="+")
+    provider_key = models.ForeignKey(
+        ProviderKey, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    model = models.CharField(max_length=200, help_text="The public model name requested.")
+    provider_slug = models.CharField(max_length=50)
+    upstream_model = models.CharField(max_length=200)
+    stream = models.BooleanField()
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    usage_reported = models.BooleanField(
+        default=True, help_text="False when the counts are the proxy's own (stream cut short)."
+    )
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    status = models.CharField(max_length=32, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField()
+    attempts = models.PositiveSmallIntegerField(default=1)
+    latency_ms = models.PositiveIntegerField()
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
