@@ -14,7 +14,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Loose on purpose: Django's handlers annotate scope as dict and messages as Mapping.
+ASGIApp = Callable[..., Awaitable[None]]
 
 API_PREFIX = "/v1/"
 
@@ -89,7 +90,11 @@ class BodySizeLimit:
             if name == b"content-length":
                 if not value.isdigit():
                     await send_json_error(
-                        send, path=path, status=400, message="Bad Content-Length.", code="bad_request"
+                        send,
+                        path=path,
+                        status=400,
+                        message="Bad Content-Length.",
+                        code="bad_request",
                     )
                     return
                 if int(value) > limit:

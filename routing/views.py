@@ -1,8 +1,159 @@
+"""The proxy's hot path, top to bottom.
+
+    authenticate (JWT, cached tenant context) -> validate the body -> resolve the route
+    -> choose a pooled key -> forward -> answer (JSON) or relay (SSE) -> settle the bill
+
+Everything here is async and makes no blocking call: the tenant context comes from an
+in-process cache, the provider is called through the shared httpx client, and the bill is
+settled after the answer is complete.
+"""
+
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
 
-def chat_completions(request):  # placeholder until the hot path lands
-    raise NotImplementedError
+import httpx
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
+
+from routing.adapters import StreamTranslator, adapter_for
+from routing.adapters.base import sse_data
+from routing.errors import ProxyError, error_body, error_response
+from routing.schema import estimate_prompt_tokens, parse_chat_request
+from routing.sse import SSEParser
+from routing.upstream import asend, choose_key
+from tenants.auth import aauthenticate
+from usage.metering import Meter
+from usage.models import UsageRecord
 
 
-list_models = chat_completions
+def _new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    request_id = _new_request_id()
+    try:
+        response = await _chat_completions(request, request_id)
+    except ProxyError as error:
+        response = error_response(error)
+    response["x-request-id"] = request_id
+    return response
+
+
+async def _chat_completions(request: HttpRequest, request_id: str) -> HttpResponseBase:
+    if request.method != "POST":
+        raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
+    context = await aauthenticate(request)
+    raw = request.body
+    chat = parse_chat_request(raw, max_messages=settings.PROXY_MAX_MESSAGES)
+    routes = context.routes_for(chat.model)
+    if not routes:
+        # The same answer whether the model exists in another tier or nowhere.
+        raise ProxyError(
+            404,
+            f"The model `{chat.model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+    route = routes[0]
+    key = choose_key(route.provider.keys)
+    adapter = adapter_for(route.provider.kind)
+    url, payload, headers = adapter.build(
+        route=route, chat=chat, max_tokens=chat.max_tokens or context.limits.default_max_tokens
+    )
+
+    meter = Meter(
+        request_id=request_id,
+        context=context,
+        route=route,
+        key=key,
+        stream=chat.stream,
+        prompt_estimate=estimate_prompt_tokens(len(raw)),
+    )
+    try:
+        upstream = await asend(
+            adapter=adapter, route=route, key=key, url=url, payload=payload, headers=headers
+        )
+    except ProxyError as error:
+        status = UsageRecord.Status.UPSTREAM_ERROR
+        if error.status == 504:
+            status = UsageRecord.Status.UPSTREAM_TIMEOUT
+        meter.failed(status=status, http_status=error.status)
+        await meter.asettle()
+        raise
+
+    if not chat.stream:
+        try:
+            body = await upstream.aread()
+        except httpx.HTTPError:
+            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=502)
+            await meter.asettle()
+            raise ProxyError(
+                502, "The provider's answer broke off.", code="upstream_error"
+            ) from None
+        finally:
+            await upstream.aclose()
+        content, meter.usage = adapter.completion(route=route, raw=body)
+        await meter.asettle()
+        return HttpResponse(content, content_type="application/json")
+
+    response = StreamingHttpResponse(
+        _relay(upstream, adapter.stream(route=route, chat=chat), meter),
+        content_type="text/event-stream; charset=utf-8",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
+async def _relay(
+    upstream: httpx.Response, translator: StreamTranslator, meter: Meter
+) -> AsyncIterator[bytes]:
+    """Pass each provider event on the moment it arrives; settle whatever happens."""
+    parser = SSEParser()
+    try:
+        try:
+            async for chunk in upstream.aiter_bytes():
+                out = b"".join(translator.feed(event) for event in parser.feed(chunk))
+                if out:
+                    yield out
+        except httpx.HTTPError:
+            pass  # the provider broke off: reported to the client just below
+        if not translator.complete:
+            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=502)
+            error = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
+            # OpenAI's own mid-stream failure shape: an error event, and no [DONE].
+            yield sse_data(error_body(error))
+    except asyncio.CancelledError:
+        meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        raise
+    finally:
+        await upstream.aclose()
+        meter.take_stream_usage(translator)
+        # Shielded: a client gone away must not cancel its own billing.
+        await asyncio.shield(meter.asettle())
+
+
+@csrf_exempt
+async def list_models(request: HttpRequest) -> HttpResponseBase:
+    try:
+        if request.method != "GET":
+            raise ProxyError(405, "Use GET.", code="method_not_allowed", headers={"Allow": "GET"})
+        context = await aauthenticate(request)
+    except ProxyError as error:
+        return error_response(error)
+    return JsonResponse(
+        {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": 0, "owned_by": "llm-proxy"}
+                for model in context.models
+            ],
+        }
+    )

@@ -6,6 +6,3 @@ from django.apps import AppConfig
 class TenantsConfig(AppConfig):
     name = "tenants"
     verbose_name = "Tenants and tiers"
-
-    def ready(self) -> None:
-        from tenants import signals  # noqa: F401  (connects cache invalidation)

@@ -72,3 +72,25 @@ class Tenant(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    # The effective limits: the tenant's override where set, else the tier's.
+
+    @property
+    def weekly_token_cap(self) -> int | None:
+        override = self.weekly_token_cap_override
+        return self.tier.weekly_token_cap if override is None else override
+
+    @property
+    def weekly_cost_cap_usd(self) -> Decimal | None:
+        override = self.weekly_cost_cap_usd_override
+        return self.tier.weekly_cost_cap_usd if override is None else override
+
+    @property
+    def requests_per_minute(self) -> int:
+        override = self.requests_per_minute_override
+        return self.tier.requests_per_minute if override is None else override
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        override = self.max_concurrent_requests_override
+        return self.tier.max_concurrent_requests if override is None else override

@@ -1,0 +1,261 @@
+"""Anthropic's Messages API behind OpenAI chat completions.
+
+Translated: system and developer messages (joined into ``system``), user and assistant
+messages with text content (strings or text parts), max_tokens / max_completion_tokens,
+temperature (clamped to Anthropic's 0..1), top_p, stop, user, and streaming. Not yet
+translated, and refused with a 400 rather than silently dropped: tools and tool messages,
+images and other non-text parts, ``n`` > 1, logprobs, response_format.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, NoReturn
+
+from django.conf import settings
+
+from routing.adapters.base import SSE_DONE, Usage, dumps, sse_data
+from routing.context import Route
+from routing.errors import ProxyError
+from routing.schema import ChatRequest
+from routing.sse import SSEEvent
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "audio")
+
+
+def _unsupported(what: str) -> NoReturn:
+    raise ProxyError(
+        400,
+        f"{what} is not supported for this model yet (its provider speaks the Anthropic API).",
+        code="unsupported_for_provider",
+    )
+
+
+def _text_of(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "text":
+            _unsupported(f"A non-text content part in {where}")
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ProxyError(400, f"A text part in {where} has no text.", code="invalid_request")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    # Anthropic counts cached prompt tokens apart from input_tokens; all were sent.
+    return sum(
+        value
+        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        if isinstance(value := usage.get(name), int)
+    )
+
+
+def _usage_json(usage: Usage, cached: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+class AnthropicStream:
+    """Anthropic stream events in, OpenAI chat.completion.chunk events out."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.usage = Usage()
+        self.content_deltas = 0
+        self.complete = False
+        self._cached = 0
+        self._base: dict[str, Any] = {
+            "id": "chatcmpl-unknown",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        chunk = {
+            **self._base,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return sse_data(chunk)
+
+    def feed(self, event: SSEEvent) -> bytes:
+        if event.data is None:
+            return b""
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            return b""
+        if not isinstance(data, dict):
+            return b""
+        kind = data.get("type") or event.event
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._base["id"] = f"chatcmpl-{message.get('id', 'unknown')}"
+            self._base["model"] = message.get("model", self._base["model"])
+            usage = message.get("usage") or {}
+            self.usage.input_tokens = _input_tokens(usage)
+            self._cached = usage.get("cache_read_input_tokens") or 0
+            return self._chunk({"role": "assistant", "content": ""})
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                self.content_deltas += 1
+                return self._chunk({"content": delta["text"]})
+            return b""
+        if kind == "message_delta":
+            usage = data.get("usage") or {}
+            # message_delta usage is cumulative: the last one is the total, never summed.
+            if isinstance(usage.get("output_tokens"), int):
+                self.usage.output_tokens = usage["output_tokens"]
+                self.usage.reported = True
+            if isinstance(usage.get("input_tokens"), int):
+                self.usage.input_tokens = _input_tokens(usage)
+            stop_reason = (data.get("delta") or {}).get("stop_reason")
+            return self._chunk({}, FINISH_REASONS.get(stop_reason or "", "stop"))
+        if kind == "message_stop":
+            self.complete = True
+            out = b""
+            if self.include_usage:
+                out = sse_data(
+                    {**self._base, "choices": [], "usage": _usage_json(self.usage, self._cached)}
+                )
+            return out + SSE_DONE
+        if kind == "error":
+            error = data.get("error") or {}
+            return sse_data(
+                {
+                    "error": {
+                        "message": error.get("message", "The provider failed mid-stream."),
+                        "type": error.get("type", "upstream_error"),
+                        "param": None,
+                        "code": "upstream_error",
+                    }
+                }
+            )
+        return b""  # ping, content_block_start/stop: nothing for an OpenAI client
+
+
+class AnthropicAdapter:
+    def build(
+        self, *, route: Route, chat: ChatRequest, max_tokens: int
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+        body = chat.body
+        for name in _UNSUPPORTED:
+            if body.get(name) is not None:
+                _unsupported(f"`{name}`")
+        if body.get("n", 1) != 1:
+            _unsupported("`n` greater than 1")
+        if body.get("logprobs"):
+            _unsupported("`logprobs`")
+        system: list[str] = []
+        messages: list[dict[str, Any]] = []
+        for index, message in enumerate(chat.messages):
+            role, where = message["role"], f"messages[{index}]"
+            if role in ("system", "developer"):
+                system.append(_text_of(message.get("content"), where))
+            elif role in ("user", "assistant"):
+                if message.get("tool_calls") or message.get("function_call"):
+                    _unsupported("A tool call")
+                messages.append({"role": role, "content": _text_of(message.get("content"), where)})
+            else:
+                _unsupported(f"A `{role}` message")
+        if not messages:
+            raise ProxyError(
+                400, "At least one user or assistant message is required.", code="invalid_request"
+            )
+        payload: dict[str, Any] = {
+            "model": route.upstream_model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+        }
+        if system:
+            payload["system"] = "\n\n".join(system)
+        if body.get("temperature") is not None:
+            payload["temperature"] = min(float(body["temperature"]), 1.0)
+        if body.get("top_p") is not None:
+            payload["top_p"] = body["top_p"]
+        stop = body.get("stop")
+        if stop:
+            payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        if isinstance(body.get("user"), str):
+            payload["metadata"] = {"user_id": body["user"]}
+        if chat.stream:
+            payload["stream"] = True
+        headers = {"anthropic-version": settings.PROXY_ANTHROPIC_VERSION}
+        return f"{route.provider.base_url}/v1/messages", payload, headers
+
+    def completion(self, *, route: Route, raw: bytes) -> tuple[bytes, Usage]:
+        try:
+            obj = json.loads(raw)
+            blocks = obj["content"]
+            raw_usage = obj.get("usage") or {}
+        except (ValueError, KeyError, TypeError):
+            raise ProxyError(
+                502, "The provider sent a malformed response.", code="upstream_error"
+            ) from None
+        usage = Usage(
+            input_tokens=_input_tokens(raw_usage),
+            output_tokens=int(raw_usage.get("output_tokens") or 0),
+            reported=True,
+        )
+        text = "".join(
+            b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+        )
+        completion = {
+            "id": f"chatcmpl-{obj.get('id', 'unknown')}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": obj.get("model", route.upstream_model),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": FINISH_REASONS.get(obj.get("stop_reason") or "", "stop"),
+                }
+            ],
+            "usage": _usage_json(usage, raw_usage.get("cache_read_input_tokens") or 0),
+        }
+        return dumps(completion), usage
+
+    def stream(self, *, route: Route, chat: ChatRequest) -> AnthropicStream:
+        return AnthropicStream(model=route.upstream_model, include_usage=chat.include_usage)
+
+    def error_message(self, raw: bytes) -> str | None:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            return None
+        error = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        return None

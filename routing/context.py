@@ -1,0 +1,202 @@
+"""What the proxy needs to know about a tenant, loaded once and cached in process.
+
+A :class:`TenantContext` is an immutable snapshot of the tenant, its tier's limits and the
+tier's routes with their providers and (sealed) keys. Building it takes one thread hop and
+three queries; the cache keeps it for ``PROXY_CONTEXT_TTL`` seconds so authenticating a
+request touches no database. Saving any of the models it is built from clears the cache
+(routing/signals.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from routing.keyring import KeyringError, ProviderKeyAuth
+from routing.models import ModelRoute, Provider, ProviderKey
+from tenants.models import Tenant
+
+_AUTH_HEADER: dict[str, str] = {
+    Provider.Kind.OPENAI: "authorization",
+    Provider.Kind.ANTHROPIC: "x-api-key",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PooledKey:
+    id: int
+    label: str
+    last4: str
+    weight: int
+    auth: ProviderKeyAuth = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    id: int
+    slug: str
+    kind: str
+    base_url: str
+    connect_timeout: float
+    read_timeout: float
+    keys: tuple[PooledKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    id: int
+    model: str
+    upstream_model: str
+    priority: int
+    provider: Upstream
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+
+    def cost(self, *, input_tokens: int, output_tokens: int) -> Decimal:
+        return (
+            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+        ) / Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    weekly_token_cap: int | None
+    weekly_cost_cap_usd: Decimal | None
+    requests_per_minute: int
+    max_concurrent_requests: int
+    default_max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    tenant_id: int
+    slug: str
+    active: bool
+    token_version: int
+    tier_id: int
+    tier_slug: str
+    limits: Limits
+    routes: dict[str, tuple[Route, ...]]  # public model name -> routes by priority
+
+    def routes_for(self, model: str) -> tuple[Route, ...]:
+        return self.routes.get(model, ())
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.routes)
+
+
+def _load(slug: str) -> TenantContext | None:
+    tenant = Tenant.objects.select_related("tier").filter(slug=slug).first()
+    if tenant is None:
+        return None
+    tier = tenant.tier
+    route_rows = list(
+        ModelRoute.objects.filter(tier=tier, enabled=True, provider__enabled=True)
+        .select_related("provider")
+        .order_by("model", "priority", "id")
+    )
+    keys_by_provider: dict[int, list[PooledKey]] = defaultdict(list)
+    header_by_provider = {row.provider_id: _AUTH_HEADER[row.provider.kind] for row in route_rows}
+    for key in ProviderKey.objects.filter(provider_id__in=header_by_provider, enabled=True):
+        try:
+            auth = ProviderKeyAuth(
+                key.secret_ciphertext, header=header_by_provider[key.provider_id]
+            )
+        except KeyringError:
+            continue  # an undecryptable key is unusable; the others still serve
+        keys_by_provider[key.provider_id].append(
+            PooledKey(id=key.id, label=key.label, last4=key.last4, weight=key.weight, auth=auth)
+        )
+    routes: dict[str, list[Route]] = defaultdict(list)
+    for row in route_rows:
+        p = row.provider
+        keys = tuple(keys_by_provider.get(p.id, ()))
+        if not keys:
+            continue  # a route whose provider has no usable key cannot serve
+        upstream = Upstream(
+            id=p.id,
+            slug=p.slug,
+            kind=p.kind,
+            base_url=p.base_url.rstrip("/"),
+            connect_timeout=p.connect_timeout,
+            read_timeout=p.read_timeout,
+            keys=keys,
+        )
+        routes[row.model].append(
+            Route(
+                id=row.id,
+                model=row.model,
+                upstream_model=row.upstream_model,
+                priority=row.priority,
+                provider=upstream,
+                input_usd_per_mtok=row.input_usd_per_mtok,
+                output_usd_per_mtok=row.output_usd_per_mtok,
+            )
+        )
+
+    limits = Limits(
+        weekly_token_cap=tenant.weekly_token_cap,
+        weekly_cost_cap_usd=tenant.weekly_cost_cap_usd,
+        requests_per_minute=tenant.requests_per_minute,
+        max_concurrent_requests=tenant.max_concurrent_requests,
+        default_max_tokens=tier.default_max_tokens,
+    )
+    return TenantContext(
+        tenant_id=tenant.id,
+        slug=tenant.slug,
+        active=tenant.is_active,
+        token_version=tenant.token_version,
+        tier_id=tier.id,
+        tier_slug=tier.slug,
+        limits=limits,
+        routes={model: tuple(rs) for model, rs in routes.items()},
+    )
+
+
+class ContextCache:
+    """Per-process TTL cache of tenant contexts, with one in-flight load per tenant."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, TenantContext]] = {}
+        self._loading: dict[str, asyncio.Future[TenantContext | None]] = {}
+        self._generation = 0
+
+    def invalidate(self) -> None:
+        self._entries.clear()
+        self._generation += 1
+
+    async def aget(self, slug: str) -> TenantContext | None:
+        now = time.monotonic()
+        hit = self._entries.get(slug)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        pending = self._loading.get(slug)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[TenantContext | None] = asyncio.get_running_loop().create_future()
+        self._loading[slug] = future
+        generation = self._generation
+        try:
+            context = await sync_to_async(_load, thread_sensitive=True)(slug)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
+            raise
+        finally:
+            self._loading.pop(slug, None)
+        future.set_result(context)
+        ttl: float = settings.PROXY_CONTEXT_TTL
+        # Unknown tenants are not cached, and neither is a load that raced an invalidation.
+        if context is not None and ttl > 0 and generation == self._generation:
+            self._entries[slug] = (now + ttl, context)
+        return context
+
+
+context_cache = ContextCache()

@@ -1,0 +1,125 @@
+"""Validation of an incoming OpenAI chat-completions request.
+
+Only what the proxy itself relies on is checked strictly (model, messages, stream, the
+token limit that caps a reservation, the sampling numbers); other fields are passed on to
+OpenAI-compatible providers untouched, where the provider judges them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from routing.errors import ProxyError
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_TOKENS_LIMIT = 10_000_000
+
+
+def _invalid(message: str, *, param: str | None = None) -> NoReturn:
+    raise ProxyError(400, message, code="invalid_request", param=param)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    _invalid(f"Invalid JSON: {name} is not a number.")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+    max_tokens: int | None
+    messages: list[dict[str, Any]]
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        _invalid(f"`{name}` must be a number.", param=name)
+    if not low <= value <= high:
+        _invalid(f"`{name}` must be between {low:g} and {high:g}.", param=name)
+
+
+def _positive_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS_LIMIT:
+        _invalid(f"`{name}` must be an integer between 1 and {MAX_TOKENS_LIMIT}.", param=name)
+    return value
+
+
+def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        _invalid("The request body is not valid UTF-8.")
+    except json.JSONDecodeError as exc:
+        _invalid(f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}).")
+    except (RecursionError, ValueError):
+        # RecursionError: absurdly nested arrays; ValueError: an integer with more digits
+        # than Python will parse (int_max_str_digits).
+        _invalid("The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        _invalid("The request body must be a JSON object.")
+
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        _invalid("`model` is required and must be a non-empty string.", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        _invalid("`messages` is required and must be a non-empty array.", param="messages")
+    if len(messages) > max_messages:
+        _invalid(f"`messages` has more than {max_messages} entries.", param="messages")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            _invalid(f"`{where}` must be an object.", param=where)
+        if message.get("role") not in ROLES:
+            _invalid(f"`{where}.role` must be one of {', '.join(sorted(ROLES))}.", param=where)
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            _invalid(f"`{where}.content` must be a string or an array.", param=where)
+
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        _invalid("`stream` must be a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        _invalid("`stream_options` must be an object.", param="stream_options")
+    include_usage = bool(options and options.get("include_usage") is True)
+
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 16):
+        _invalid("`n` must be an integer between 1 and 16.", param="n")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str)
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        _invalid("`stop` must be a string or an array of up to 4 strings.", param="stop")
+    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+
+    return ChatRequest(
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        max_tokens=max_tokens,
+        messages=messages,
+    )
+
+
+def estimate_prompt_tokens(raw_size: int) -> int:
+    """An upper-bound-ish token estimate from the request's size (about 4 bytes a token)."""
+    return raw_size // 4 + 1

@@ -1,0 +1,61 @@
+"""An incremental parser for server-sent events, as providers stream them.
+
+It keeps each event's raw bytes so an OpenAI-compatible stream can be passed on to the
+client byte for byte, and exposes the parsed ``event`` and ``data`` fields for the proxy's
+own reading (usage, finish reason, translation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    raw: bytes  # the event as received, terminator included
+    event: str | None
+    data: str | None  # None for comment-only events (": keep-alive")
+
+
+def _parse(block: bytes) -> tuple[str | None, str | None]:
+    event: str | None = None
+    data_lines: list[str] = []
+    for line in block.decode("utf-8", errors="replace").splitlines():
+        if not line or line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data_lines.append(value)
+        elif field == "event":
+            event = value
+    return event, ("\n".join(data_lines) if data_lines else None)
+
+
+class SSEParser:
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            # Rare (CRLF framing); normalise so one rule finds event boundaries.
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events: list[SSEEvent] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            block = buffer[start : end + 2]
+            event, data = _parse(block)
+            events.append(SSEEvent(block, event, data))
+            start = end + 2
+        self._buffer = buffer[start:]
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated (what a broken stream left behind)."""
+        return self._buffer

@@ -1,0 +1,121 @@
+"""Tenant authentication: a JWT per request, verified without touching the database.
+
+Every way a token can be wrong gets the same 401 body, so a caller learns nothing about
+which check failed; the reason goes to the log (never the token itself). A valid token for
+a suspended tenant or an outdated ``ver`` gets 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from django.conf import settings
+from django.http import HttpRequest
+
+from routing.context import TenantContext, context_cache
+from routing.errors import ProxyError
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED_CLAIMS = ["exp", "iat", "sub", "ver"]
+
+
+def unauthorized() -> ProxyError:
+    return ProxyError(
+        401,
+        "Invalid or missing token. Send your tenant JWT as `Authorization: Bearer <token>` "
+        "or `x-api-key: <token>`.",
+        code="invalid_api_key",
+    )
+
+
+@dataclass(frozen=True)
+class _KeySet:
+    source: dict[str, Any]
+    keys: dict[str, jwt.PyJWK]
+
+
+_keyset: _KeySet | None = None
+
+
+def _verification_keys() -> dict[str, jwt.PyJWK]:
+    # Parsed once per JWKS value (settings may be swapped in tests or on reload).
+    global _keyset
+    source = settings.JWT_JWKS
+    if _keyset is None or _keyset.source is not source:
+        keys = {k["kid"]: jwt.PyJWK(k, algorithm=k["alg"]) for k in source["keys"]}
+        _keyset = _KeySet(source=source, keys=keys)
+    return _keyset.keys
+
+
+def _token_from(request: HttpRequest) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return request.headers.get("x-api-key") or None
+
+
+def verify_token(token: str) -> dict[str, Any]:
+    """The token's claims, or ProxyError(401). Pure: no I/O."""
+    if len(token) > settings.JWT_MAX_TOKEN_BYTES:
+        raise _reject("token over the size limit")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise _reject("malformed token header") from None
+    alg = header.get("alg")
+    # Checked before any key is chosen: "none" and anything not configured never get further.
+    if alg not in settings.JWT_ALGORITHMS:
+        raise _reject(f"algorithm {alg!r} not allowed")
+    keys = _verification_keys()
+    kid = header.get("kid")
+    if kid is None and len(keys) == 1:
+        key = next(iter(keys.values()))
+    elif isinstance(kid, str) and kid in keys:
+        key = keys[kid]
+    else:
+        raise _reject("unknown kid")
+    # A key is used only with its own algorithm: an HS256 token can never be checked
+    # against an RSA/EdDSA public key used as an HMAC secret.
+    if key.algorithm_name != alg:
+        raise _reject("algorithm does not match the key")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key=key.key,
+            algorithms=[alg],
+            audience=settings.JWT_AUDIENCE,
+            issuer=settings.JWT_ISSUER,
+            leeway=settings.JWT_LEEWAY_SECONDS,
+            options={"require": _REQUIRED_CLAIMS, "verify_iat": True},
+        )
+    except jwt.InvalidTokenError as exc:
+        raise _reject(type(exc).__name__) from None
+    if not isinstance(claims.get("sub"), str) or type(claims.get("ver")) is not int:
+        raise _reject("sub or ver of the wrong type")
+    return claims
+
+
+def _reject(reason: str) -> ProxyError:
+    logger.info("token rejected: %s", reason)
+    return unauthorized()
+
+
+async def aauthenticate(request: HttpRequest) -> TenantContext:
+    """The calling tenant's context, or ProxyError (401 bad token, 403 suspended/revoked)."""
+    token = _token_from(request)
+    if not token:
+        raise _reject("no token")
+    claims = verify_token(token)
+    context = await context_cache.aget(claims["sub"])
+    if context is None:
+        raise _reject("unknown tenant")
+    if not context.active:
+        raise ProxyError(403, "This tenant is suspended.", code="tenant_suspended")
+    if claims["ver"] != context.token_version:
+        raise ProxyError(403, "This token has been revoked.", code="token_revoked")
+    return context

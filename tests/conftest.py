@@ -1,0 +1,305 @@
+"""Shared fixtures: the mock provider, a live Daphne proxy, and the alice/bob world.
+
+The proxy under test is a real Daphne process on the test database (PostgreSQL + Redis under
+`make test`, SQLite + the embedded store in the zero-setup pass), driven over HTTP by the
+official SDKs. The only fake is the upstream provider: the project's own mock provider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import jwt
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from proxy_site.jwtkeys import generate_signing_jwk, public_jwk
+from routing.models import Provider, ProviderKey
+from routing.services import provider_create, provider_key_create, route_create
+from tenants.models import Tenant, Tier
+from tenants.services import tenant_create, tier_create
+from tests.support.mockserver import MockServer
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+# Lifetime of a cached tenant context in the live server: tests that change a tenant while
+# the server holds it wait at most this long (see `eventually`).
+SERVER_CONTEXT_TTL = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def eventually(check: Callable[[], T], *, timeout: float = SERVER_CONTEXT_TTL + 2) -> T:
+    """Retry ``check`` until it stops raising AssertionError (caches expiring, rows landing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# --- JWT keys the live server trusts -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JwtKeys:
+    primary: dict[str, Any]  # EdDSA private JWK, kid "primary"
+    rotated: dict[str, Any]  # a second EdDSA key, kid "rotated" (key rotation)
+    hmac: dict[str, Any]  # an HS256 key, kid "hmac" (HS256 allowed by config)
+    stranger: dict[str, Any]  # a key the server does NOT trust, kid "primary" (forgery)
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [public_jwk(self.primary), public_jwk(self.rotated), self.hmac]}
+
+    def sign(
+        self, claims: dict[str, Any], *, key: dict[str, Any] | None = None, **headers: Any
+    ) -> str:
+        jwk = key or self.primary
+        algorithm = headers.pop("alg", jwk["alg"])
+        return jwt.encode(
+            claims,
+            jwt.PyJWK(jwk, algorithm=jwk["alg"]).key,
+            algorithm=algorithm,
+            headers={"kid": jwk["kid"], **headers},
+        )
+
+
+@pytest.fixture(scope="session")
+def jwt_keys() -> JwtKeys:
+    return JwtKeys(
+        primary=generate_signing_jwk(kid="primary"),
+        rotated=generate_signing_jwk(kid="rotated"),
+        hmac={
+            "kty": "oct",
+            "kid": "hmac",
+            "alg": "HS256",
+            "k": jwt.utils.base64url_encode(os.urandom(32)).decode(),
+        },
+        stranger=generate_signing_jwk(kid="primary"),
+    )
+
+
+def claims_for(tenant: Tenant, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "sub": tenant.slug,
+        "aud": settings.JWT_AUDIENCE,
+        "iss": settings.JWT_ISSUER,
+        "iat": now,
+        "exp": now + 3600,
+        "jti": uuid.uuid4().hex,
+        "ver": tenant.token_version,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+# --- the mock provider and the live proxy --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mock_server() -> Iterator[MockServer]:
+    server = MockServer.start(chunks=8)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mock(mock_server: MockServer) -> MockServer:
+    mock_server.reset()
+    return mock_server
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@dataclass
+class LiveProxy:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_proxy(
+    *, tmp_dir: Path, jwt_keys: JwtKeys, extra_env: dict[str, str] | None = None
+) -> LiveProxy:
+    port = free_port()
+    log_path = tmp_dir / f"daphne-{port}.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "JWT_JWKS": json.dumps(jwt_keys.jwks),
+        "JWT_ALGORITHMS": "EdDSA,HS256",
+        "PROXY_CONTEXT_TTL": str(SERVER_CONTEXT_TTL),
+        "LOG_LEVEL": "DEBUG",
+        **(extra_env or {}),
+    }
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "proxy_site.asgi:application",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited early:\n{log_path.read_text()}")
+        try:
+            httpx.get(f"{url}/v1/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"daphne did not start:\n{log_path.read_text()}") from None
+            time.sleep(0.1)
+    return LiveProxy(url=url, process=process, log_path=log_path)
+
+
+def stop_proxy(proxy: LiveProxy) -> None:
+    proxy.process.terminate()
+    try:
+        proxy.process.wait(10)
+    except subprocess.TimeoutExpired:
+        proxy.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_proxy(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    jwt_keys: JwtKeys,
+) -> Iterator[LiveProxy]:
+    proxy = start_proxy(tmp_dir=tmp_path_factory.mktemp("proxy"), jwt_keys=jwt_keys)
+    yield proxy
+    stop_proxy(proxy)
+
+
+@pytest.fixture
+def proxy(live_proxy: LiveProxy, transactional_db: None) -> LiveProxy:
+    """The live proxy, with the database visible to it (committed, flushed after the test)."""
+    return live_proxy
+
+
+# --- the world: tiers, providers, keys, routes, and tenants alice and bob ------------------
+
+
+@dataclass
+class World:
+    auto: Tier
+    max: Tier
+    moonshot: Provider
+    anthropic: Provider
+    moonshot_key: ProviderKey
+    anthropic_key: ProviderKey
+    secrets: dict[str, str]  # label -> plaintext: what must never leak
+    alice: Tenant  # tier auto
+    bob: Tenant  # tier max
+    jwt_keys: JwtKeys
+
+    def token(self, tenant: Tenant, **overrides: Any) -> str:
+        return self.jwt_keys.sign(claims_for(tenant, **overrides))
+
+
+def unique(prefix: str) -> str:
+    # Live servers cache contexts by slug for a moment; fresh slugs keep tests independent.
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def world(proxy: LiveProxy, mock: MockServer, jwt_keys: JwtKeys) -> World:
+    auto = tier_create(slug=unique("auto"), name="Auto", requests_per_minute=10_000)
+    max_tier = tier_create(slug=unique("max"), name="Max", requests_per_minute=10_000)
+    moonshot = provider_create(
+        slug=unique("moonshot"), kind="openai", base_url=mock.openai_base_url
+    )
+    anthropic = provider_create(
+        slug=unique("anthropic"), kind="anthropic", base_url=mock.anthropic_base_url
+    )
+    secrets = {
+        "moonshot": f"sk-moonshot-{uuid.uuid4().hex}",
+        "anthropic": f"sk-ant-{uuid.uuid4().hex}",
+    }
+    moonshot_key = provider_key_create(
+        provider=moonshot, label="pool-1", secret=secrets["moonshot"]
+    )
+    anthropic_key = provider_key_create(
+        provider=anthropic, label="pool-1", secret=secrets["anthropic"]
+    )
+    prices = {"input_usd_per_mtok": Decimal("0.60"), "output_usd_per_mtok": Decimal("2.50")}
+    route_create(tier=auto, model="auto", provider=moonshot, upstream_model="kimi-k2", **prices)
+    route_create(
+        tier=auto,
+        model="claude-haiku",
+        provider=anthropic,
+        upstream_model="claude-3-5-haiku",
+        **prices,
+    )
+    route_create(
+        tier=max_tier,
+        model="claude-sonnet-4-5",
+        provider=anthropic,
+        upstream_model="claude-sonnet-4-5-20250929",
+        input_usd_per_mtok=Decimal("3"),
+        output_usd_per_mtok=Decimal("15"),
+    )
+    alice = tenant_create(slug=unique("alice"), name="Alice", tier=auto)
+    bob = tenant_create(slug=unique("bob"), name="Bob", tier=max_tier)
+    return World(
+        auto=auto,
+        max=max_tier,
+        moonshot=moonshot,
+        anthropic=anthropic,
+        moonshot_key=moonshot_key,
+        anthropic_key=anthropic_key,
+        secrets=secrets,
+        alice=alice,
+        bob=bob,
+        jwt_keys=jwt_keys,
+    )

@@ -1,0 +1,81 @@
+"""The bill of one forwarded request: opened when the proxy forwards, settled exactly once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import IntegrityError
+from django.utils import timezone
+
+from routing.adapters.base import StreamTranslator, Usage
+from routing.context import PooledKey, Route, TenantContext
+from usage.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Meter:
+    request_id: str
+    context: TenantContext
+    route: Route
+    key: PooledKey
+    stream: bool
+    prompt_estimate: int
+    usage: Usage = field(default_factory=Usage)
+    status: str = UsageRecord.Status.OK
+    http_status: int = 200
+    attempts: int = 1
+    created_at: datetime = field(default_factory=timezone.now)
+    started: float = field(default_factory=time.monotonic)
+    settled: bool = False
+
+    def failed(self, *, status: str, http_status: int) -> None:
+        self.status, self.http_status = status, http_status
+
+    def take_stream_usage(self, translator: StreamTranslator) -> None:
+        """The stream's usage; where the provider never reported it, the proxy's own count."""
+        usage = translator.usage
+        if not usage.reported:
+            # Cut short: providers stream about one token per content delta, and the
+            # prompt estimate stands in where the provider never said (OpenAI-style APIs
+            # report usage only at the end).
+            usage.output_tokens = max(usage.output_tokens, translator.content_deltas)
+            if usage.input_tokens == 0:
+                usage.input_tokens = self.prompt_estimate
+        self.usage = usage
+
+    async def asettle(self) -> None:
+        """Write the ledger row, once; a second call is a no-op."""
+        if self.settled:
+            return
+        self.settled = True
+        usage = self.usage
+        try:
+            await UsageRecord.objects.acreate(
+                request_id=self.request_id,
+                tenant_id=self.context.tenant_id,
+                tier_id=self.context.tier_id,
+                route_id=self.route.id,
+                provider_key_id=self.key.id,
+                model=self.route.model,
+                provider_slug=self.route.provider.slug,
+                upstream_model=self.route.upstream_model,
+                stream=self.stream,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                usage_reported=usage.reported,
+                cost_usd=self.route.cost(
+                    input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+                ),
+                status=self.status,
+                http_status=self.http_status,
+                attempts=self.attempts,
+                latency_ms=int((time.monotonic() - self.started) * 1000),
+                created_at=self.created_at,
+            )
+        except IntegrityError:
+            logger.warning("usage for %s was already recorded", self.request_id)
