@@ -340,6 +340,7 @@ INSTALLED_APPS = [
 # async-native middleware in PROXY_MIDDLEWARE, so the hot path never hops to a thread.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -379,6 +380,11 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The admin's CSS and JS, served by WhiteNoise: in development straight from the apps, in
+# production from STATIC_ROOT after `manage.py collectstatic`.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -400,9 +406,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        # httpx logs every request URL at INFO; keep it quiet unless asked.
-        "httpx": {"level": "WARNING"},
-        "httpcore": {"level": "WARNING"},
+        # httpx logs every request URL at INFO: quiet unless DEBUG is asked for.
+        "httpx": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
+        "httpcore": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
         "daphne": {"level": "WARNING"},
     },
 }

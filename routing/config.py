@@ -12,6 +12,7 @@ file does not name are left alone, since platforms usually create those through 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,14 +137,39 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def load(path: Path) -> dict[str, Any]:
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, environ: Mapping[str, str]) -> Any:
+    """Expand ${NAME} and ${NAME:-default} in string values (one file, many environments)."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ and environ[name] != "":
+                return environ[name]
+            if default is None:
+                raise ConfigError(f"Environment variable not set: {name}.")
+            return default
+
+        return _VARIABLE.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand(item, environ) for item in value]
+    if isinstance(value, dict):
+        return {key: _expand(item, environ) for key, item in value.items()}
+    return value
+
+
+def load(path: Path, *, environ: Mapping[str, str]) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    expanded: dict[str, Any] = _expand(data, environ)
+    return expanded
 
 
 def _sync(obj: models.Model, values: dict[str, Any], report: ConfigReport, label: str) -> None:

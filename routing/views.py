@@ -11,6 +11,7 @@ settled after the answer is complete.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,8 @@ from routing.upstream import asend, choose_key
 from tenants.auth import aauthenticate
 from usage.metering import Meter
 from usage.models import UsageRecord
+
+logger = logging.getLogger(__name__)
 
 
 def _new_request_id() -> str:
@@ -68,6 +71,15 @@ async def _chat_completions(request: HttpRequest, request_id: str) -> HttpRespon
         route=route, chat=chat, max_tokens=chat.max_tokens or context.limits.default_max_tokens
     )
 
+    logger.debug(
+        "%s: %s %s -> %s/%s with key %s",
+        request_id,
+        context.slug,
+        chat.model,
+        route.provider.slug,
+        route.upstream_model,
+        key.label,
+    )
     meter = Meter(
         request_id=request_id,
         context=context,

@@ -67,6 +67,10 @@ class OpenAIStream:
             _read_usage(usage, self.usage)
             if not self.include_usage and choices == []:
                 return b""  # the usage-only chunk the client did not ask for
+        if not self.include_usage:
+            # Asking for usage makes OpenAI add `"usage":null` to every chunk; a client that
+            # did not ask gets the chunks as they would have been.
+            return event.raw.replace(b',"usage":null', b"")
         return event.raw
 
 

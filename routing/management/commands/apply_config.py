@@ -20,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, file: Path, **options: Any) -> None:
         try:
-            report = config_apply(data=load(file), environ=os.environ)
+            report = config_apply(data=load(file, environ=os.environ), environ=os.environ)
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         for line in report.changes:

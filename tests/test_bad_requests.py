@@ -1,0 +1,152 @@
+"""Bad input gets a clear OpenAI-shaped error and never reaches the provider."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from django.conf import settings
+
+from tests.conftest import LiveProxy, World
+from tests.support.mockserver import MockServer
+
+pytestmark = pytest.mark.core
+
+HELLO = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]'
+
+
+def post(
+    proxy: LiveProxy, token: str, content: bytes | Iterator[bytes], **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {token}", "content-type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_it_hides_models_outside_the_tenants_tier(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    client = openai.OpenAI(
+        base_url=proxy.openai_base_url, api_key=world.token(world.alice), max_retries=0
+    )
+    with pytest.raises(openai.NotFoundError) as other_tier:
+        client.chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.NotFoundError) as nowhere:
+        client.chat.completions.create(
+            model="no-such-mod", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert other_tier.value.code == nowhere.value.code == "model_not_found"
+    # Bob's model and a model that exists nowhere read the same, but for the name asked.
+    assert other_tier.value.message.replace(
+        "claude-sonnet-4-5", "X"
+    ) == nowhere.value.message.replace("no-such-mod", "X")
+    assert mock.calls() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"", None),
+        (b"[1, 2]", None),
+        (b'"a string"', None),
+        (b'{"model": "auto"}', "messages"),
+        (b'{"model": "auto", "messages": []}', "messages"),
+        (b'{"model": "auto", "messages": "hi"}', "messages"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": 7, "messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "auto", "messages": [{"role": "wizard", "content": "hi"}]}', "messages[0]"),
+        (b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', "messages[0]"),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+            "stream",
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
+            "max_tokens",
+        ),
+        (
+            HELLO + b', "max_tokens": 1e400}',
+            None,
+        ),
+        (
+            HELLO + b', "temperature": NaN}',
+            None,
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}',
+            "temperature",
+        ),
+        (b'\xff\xfe{"model": "auto"}', None),
+        (b"[" * 100_000 + b"]" * 100_000, None),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": '
+            + b"9" * 5000
+            + b"}",
+            None,
+        ),
+    ],
+)
+def test_it_rejects_a_malformed_body(
+    proxy: LiveProxy, world: World, mock: MockServer, body: bytes, param: str | None
+) -> None:
+    error = assert_openai_error(post(proxy, world.token(world.alice), body), 400)
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+    assert mock.calls() == 0
+
+
+def test_it_refuses_an_oversized_body_by_its_declared_length(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    limit = settings.PROXY_MAX_BODY_BYTES
+    padding = "x" * limit
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": padding}]})
+    assert_openai_error(
+        post(proxy, world.token(world.alice), body.encode()), 413, "request_too_large"
+    )
+    assert mock.calls() == 0
+
+
+def test_it_refuses_an_oversized_chunked_body(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    chunk = b"x" * 65536
+    count = settings.PROXY_MAX_BODY_BYTES // len(chunk) + 2
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "auto", "messages": [{"role": "user", "content": "'
+        for _ in range(count):
+            yield chunk
+        yield b'"}]}'
+
+    assert_openai_error(post(proxy, world.token(world.alice), body()), 413, "request_too_large")
+    assert mock.calls() == 0
+
+
+def test_it_answers_a_wrong_method_in_json(proxy: LiveProxy, world: World) -> None:
+    response = httpx.get(
+        f"{proxy.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {world.token(world.alice)}"},
+    )
+    assert_openai_error(response, 405, "method_not_allowed")

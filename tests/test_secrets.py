@@ -1,0 +1,148 @@
+"""Pooled provider keys never leave the proxy: not in responses, logs or admin pages."""
+
+from __future__ import annotations
+
+import logging
+from io import StringIO
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import Client, override_settings
+
+from routing import keyring
+from routing.models import ProviderKey
+from routing.services import provider_create, provider_key_create
+from tests.conftest import LiveProxy, World
+from tests.support.mockserver import MockServer
+
+
+def exchange(proxy: LiveProxy, token: str, model: str, stream: bool) -> str:
+    """Everything a client sees of one request: status line, headers, body."""
+    with httpx.stream(
+        "POST",
+        f"{proxy.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+        timeout=30,
+    ) as response:
+        body = response.read().decode()
+        headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
+        return f"{response.status_code}\n{headers}\n\n{body}"
+
+
+def test_it_never_shows_a_provider_key_to_a_client_or_the_log(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    token = world.token(world.alice)
+    seen = []
+    for model in ("auto", "claude-haiku"):
+        for stream in (False, True):
+            seen.append(exchange(proxy, token, model, stream))
+        # Provider errors, including one that echoes the key it was sent back in its text.
+        for action in (
+            {"type": "echo_key"},
+            {"type": "status", "status": 401},
+            {"type": "status", "status": 500},
+            {"type": "status", "status": 429, "headers": {"retry-after": "3"}},
+        ):
+            mock.configure(faults=[{"action": action, "times": 2}])
+            seen.append(exchange(proxy, token, model, False))
+            seen.append(exchange(proxy, token, model, True))
+            mock.configure(faults=[])
+    keys_sent = {r["api_key"] for r in mock.requests()}
+    assert keys_sent == set(world.secrets.values())  # the keys really were used upstream
+    echoed = [s for s in seen if "[redacted]" in s]
+    assert echoed, "the echo_key fault should have produced a scrubbed message"
+    for secret in world.secrets.values():
+        for text in seen:
+            assert secret not in text
+            assert secret[-12:] not in text
+        assert secret not in proxy.log()
+    # The server really logged at DEBUG, down to the HTTP client's own trace.
+    assert "DEBUG routing.views" in proxy.log()
+    assert "DEBUG httpcore" in proxy.log()
+
+
+@pytest.mark.django_db
+def test_it_never_renders_a_stored_key_in_the_admin(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-admin-visible-never-abcd"
+    provider = provider_create(
+        slug="moonshot", kind="openai", base_url="https://api.moonshot.ai/v1"
+    )
+    key = provider_key_create(provider=provider, label="pool-1", secret=secret)
+    staff = User.objects.create_superuser("staff", "staff@example.com", "pw-staff-123!")
+    client = Client()
+    client.force_login(staff)
+
+    pages = [
+        client.get("/admin/routing/providerkey/"),
+        client.get(f"/admin/routing/providerkey/{key.pk}/change/"),
+        client.get("/admin/routing/providerkey/add/"),
+        client.get("/admin/routing/providerkey/?q=abcd"),
+    ]
+    for page in pages:
+        assert page.status_code == 200
+        assert secret not in page.content.decode()
+    assert "••••abcd" in pages[0].content.decode()
+    assert secret not in caplog.text
+
+    # Changing the key through the write-only field seals the new one.
+    response = client.post(
+        f"/admin/routing/providerkey/{key.pk}/change/",
+        {
+            "provider": provider.pk,
+            "label": "pool-1",
+            "secret": "sk-new-one-wxyz",
+            "weight": 1,
+            "enabled": "on",
+        },
+    )
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert key.last4 == "wxyz" and keyring.matches(key.secret_ciphertext, "sk-new-one-wxyz")
+    # Saving without typing a secret keeps the current one.
+    client.post(
+        f"/admin/routing/providerkey/{key.pk}/change/",
+        {"provider": provider.pk, "label": "pool-1", "secret": "", "weight": 2, "enabled": "on"},
+    )
+    key.refresh_from_db()
+    assert key.weight == 2 and keyring.matches(key.secret_ciphertext, "sk-new-one-wxyz")
+
+
+@pytest.mark.django_db
+def test_it_stores_only_ciphertext() -> None:
+    provider = provider_create(slug="p", kind="openai", base_url="https://api.example.com/v1")
+    provider_key_create(provider=provider, label="k", secret="sk-plain-text-1234")
+    column = ProviderKey.objects.values_list("secret_ciphertext", flat=True).get()
+    assert "sk-plain" not in column and "1234" not in column
+    assert column.startswith("gAAAAA")  # a Fernet token
+
+
+@pytest.mark.django_db
+def test_it_rotates_encryption_keys(settings: object) -> None:
+    old = list(keyring.settings.PROXY_ENCRYPTION_KEYS)
+    provider = provider_create(slug="p", kind="openai", base_url="https://api.example.com/v1")
+    for index in range(3):
+        provider_key_create(provider=provider, label=f"k{index}", secret=f"sk-secret-{index}")
+    new = Fernet.generate_key().decode()
+
+    with override_settings(PROXY_ENCRYPTION_KEYS=[new, *old]):
+        # The new first key encrypts from now on; every old row still decrypts.
+        for index, key in enumerate(ProviderKey.objects.order_by("label")):
+            assert keyring.matches(key.secret_ciphertext, f"sk-secret-{index}")
+            assert not keyring.is_sealed_with_newest(key.secret_ciphertext)
+        out = StringIO()
+        call_command("rotate_encryption", stdout=out)
+        assert "3 key(s) re-encrypted, 0 already current" in out.getvalue()
+
+    with override_settings(PROXY_ENCRYPTION_KEYS=[new]):
+        # The old key can go: every row now opens with the new one alone.
+        for index, key in enumerate(ProviderKey.objects.order_by("label")):
+            assert keyring.matches(key.secret_ciphertext, f"sk-secret-{index}")
+        out = StringIO()
+        call_command("rotate_encryption", stdout=out)
+        assert "0 key(s) re-encrypted, 3 already current" in out.getvalue()
