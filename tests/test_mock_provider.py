@@ -1,0 +1,632 @@
+"""The mock provider speaks each wire format exactly: the official SDKs, pointed straight at
+it, parse every reply, stream and error as they would the real service's."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.support.mockserver import MockServer
+
+KEY = "sk-test-0123456789"
+FULL_TEXT = "Hello from the mock provider. Every piece"  # the default 8 pieces
+# (3 + 2 words) + (3 + 4 words), see the prompt-token formula in routing/mockprovider.py
+OPENAI_MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say hello to me"},
+]
+OPENAI_PROMPT_TOKENS = 12
+ANTHROPIC_SYSTEM = "Be brief."
+ANTHROPIC_MESSAGES = [{"role": "user", "content": "Say hello to me"}]
+ANTHROPIC_PROMPT_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockServer]:
+    server = MockServer.start(chunks=8)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mock(mock: MockServer) -> None:
+    mock.reset()
+
+
+@pytest.fixture
+def oai(mock: MockServer) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=mock.openai_base_url, api_key=KEY, max_retries=0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def claude(mock: MockServer) -> Iterator[anthropic.Anthropic]:
+    client = anthropic.Anthropic(base_url=mock.anthropic_base_url, api_key=KEY, max_retries=0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def raw(mock: MockServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mock.url, timeout=10.0, trust_env=False) as client:
+        yield client
+
+
+def _openai_stream_body(**extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-mock", "messages": OPENAI_MESSAGES, "stream": True, **extra}
+
+
+def _data_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line.removeprefix("data: "))
+
+
+def _wait_finished(mock: MockServer, timeout: float = 5.0) -> dict[str, Any]:
+    """The only record, once the mock has finished handling it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (record,) = mock.requests()
+        if record["finished_at"] is not None or time.monotonic() > deadline:
+            return record
+        time.sleep(0.02)
+
+
+# --- OpenAI ---------------------------------------------------------------------------------
+
+
+def test_it_answers_openai_chat_completions(oai: openai.OpenAI, mock: MockServer) -> None:
+    completion = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.object == "chat.completion"
+    assert completion.model == "gpt-mock"
+    assert completion.service_tier == "default"
+    assert completion.system_fingerprint == "fp_mock"
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant"
+    assert choice.message.content == FULL_TEXT
+    assert choice.message.refusal is None
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == OPENAI_PROMPT_TOKENS
+    assert completion.usage.completion_tokens == 8
+    assert completion.usage.total_tokens == OPENAI_PROMPT_TOKENS + 8
+
+    (record,) = mock.requests()
+    assert record["id"] == completion.id
+    assert record["api"] == "openai"
+    assert record["path"] == "/v1/chat/completions"
+    assert record["api_key"] == KEY
+    assert record["headers"]["authorization"] == f"Bearer {KEY}"
+    assert record["model"] == "gpt-mock"
+    assert record["stream"] is False
+    assert record["body"]["messages"] == OPENAI_MESSAGES
+    assert record["status"] == 200
+    assert record["text_sent"] == FULL_TEXT
+    assert record["chunks_sent"] == 8
+    assert record["usage"] == {"input_tokens": OPENAI_PROMPT_TOKENS, "output_tokens": 8}
+    assert record["disconnected"] is False
+    assert record["fault"] is None
+    assert mock.calls() == 1
+
+
+@pytest.mark.parametrize("limit", ["max_tokens", "max_completion_tokens"])
+def test_it_truncates_openai_replies_at_the_token_limit(oai: openai.OpenAI, limit: str) -> None:
+    completion = oai.chat.completions.create(
+        model="gpt-mock", messages=OPENAI_MESSAGES, **{limit: 3}
+    )
+
+    assert completion.choices[0].message.content == "Hello from the"
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3
+
+
+def test_it_streams_openai_chunks(oai: openai.OpenAI) -> None:
+    chunks = list(oai.chat.completions.create(**_openai_stream_body()))
+
+    assert len(chunks) == 1 + 8 + 1
+    assert len({chunk.id for chunk in chunks}) == 1
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    assert all(chunk.model == "gpt-mock" and chunk.usage is None for chunk in chunks)
+    first, *pieces, last = (chunk.choices[0] for chunk in chunks)
+    assert first.delta.role == "assistant" and first.delta.content == ""
+    assert "".join(piece.delta.content or "" for piece in pieces) == FULL_TEXT
+    assert all(piece.finish_reason is None for piece in [first, *pieces])
+    assert last.delta.content is None and last.finish_reason == "stop"
+
+
+def test_it_streams_openai_usage_when_asked(oai: openai.OpenAI, raw: httpx.Client) -> None:
+    chunks = list(
+        oai.chat.completions.create(
+            **_openai_stream_body(max_tokens=5, stream_options={"include_usage": True})
+        )
+    )
+
+    *content, finish, usage = chunks
+    assert all(chunk.usage is None for chunk in [*content, finish])
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in content) == "Hello from the mock provider"
+    )
+    assert finish.choices[0].finish_reason == "length"
+    assert usage.choices == []
+    assert usage.usage is not None
+    assert usage.usage.prompt_tokens == OPENAI_PROMPT_TOKENS
+    assert usage.usage.completion_tokens == 5
+    assert usage.usage.total_tokens == OPENAI_PROMPT_TOKENS + 5
+
+    # On the wire every chunk spells out "usage": null, as the real API does.
+    body = _openai_stream_body(stream_options={"include_usage": True})
+    with raw.stream(
+        "POST", "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert all("usage" in event for event in events)
+    assert [event["usage"] is None for event in events] == [True] * 10 + [False]
+
+
+def test_it_lists_models(oai: openai.OpenAI, mock: MockServer) -> None:
+    models = oai.models.list()
+
+    assert [model.id for model in models] == ["mock-model"]
+    assert mock.calls() == 0
+
+
+def test_it_rejects_openai_calls_without_a_key(
+    oai: openai.OpenAI, mock: MockServer, raw: httpx.Client
+) -> None:
+    response = raw.post("/v1/chat/completions", json={"model": "m", "messages": []})
+
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_api_key"
+    assert error["param"] is None
+
+    with pytest.raises(openai.AuthenticationError):
+        oai.chat.completions.create(
+            model="gpt-mock",
+            messages=OPENAI_MESSAGES,
+            extra_headers={"Authorization": openai.omit},
+        )
+    assert mock.calls() == 2
+
+
+def test_it_rejects_malformed_openai_bodies(oai: openai.OpenAI, raw: httpx.Client) -> None:
+    auth = {"authorization": f"Bearer {KEY}"}
+    missing = raw.post("/v1/chat/completions", json={"model": "m"}, headers=auth)
+    garbage = raw.post("/v1/chat/completions", content=b"{not json", headers=auth)
+
+    assert missing.status_code == 400
+    assert missing.json()["error"]["param"] == "messages"
+    assert garbage.status_code == 400
+    assert garbage.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES, max_tokens=0)
+
+
+def test_it_raises_rate_limit_errors_from_a_configured_429(
+    oai: openai.OpenAI, mock: MockServer
+) -> None:
+    fault = {"type": "status", "status": 429, "headers": {"retry-after": "2"}}
+    mock.configure(faults=[{"match": {}, "times": None, "action": fault}])
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert caught.value.response.headers["retry-after"] == "2"
+    assert caught.value.code == "rate_limit_exceeded"
+    (record,) = mock.requests()
+    assert record["status"] == 429
+    assert record["fault"] == "status"
+    assert record["usage"] is None
+
+
+def test_it_spends_a_fault_after_its_times(mock: MockServer) -> None:
+    fault = {"type": "status", "status": 429, "headers": {"retry-after": "0"}}
+    mock.configure(faults=[{"times": 1, "action": fault}])
+    client = openai.OpenAI(base_url=mock.openai_base_url, api_key=KEY, max_retries=2)
+
+    completion = client.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert completion.choices[0].message.content == FULL_TEXT
+    assert [record["status"] for record in mock.requests()] == [429, 200]
+    assert mock.configure()["faults"][0]["times"] == 0
+
+
+def test_it_applies_faults_only_to_matching_calls(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, mock: MockServer
+) -> None:
+    unavailable = {"type": "status", "status": 503}
+    mock.configure(
+        faults=[
+            {"match": {"api_key": "sk-other"}, "action": unavailable},
+            {"match": {"model": "gpt-down"}, "action": unavailable},
+            {"match": {"api": "anthropic"}, "action": {"type": "status", "status": 529}},
+        ]
+    )
+
+    assert oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES).choices
+    with pytest.raises(openai.InternalServerError):
+        oai.chat.completions.create(model="gpt-down", messages=OPENAI_MESSAGES)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude.messages.create(model="claude-mock", max_tokens=10, messages=ANTHROPIC_MESSAGES)
+    assert caught.value.status_code == 529
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Mock overloaded_error."},
+    }
+
+
+def test_it_echoes_the_api_key_in_an_error(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(faults=[{"action": {"type": "echo_key"}}])
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert KEY in caught.value.message
+    assert mock.requests()[0]["fault"] == "echo_key"
+
+
+def test_it_sends_a_configured_body_with_a_status_fault(
+    oai: openai.OpenAI, mock: MockServer
+) -> None:
+    body = {"error": {"message": "quota gone", "type": "insufficient_quota", "code": None}}
+    mock.configure(faults=[{"action": {"type": "status", "status": 429, "body": body}}])
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert caught.value.type == "insufficient_quota"
+    assert caught.value.body == body["error"]
+
+
+# --- Anthropic ------------------------------------------------------------------------------
+
+
+def test_it_answers_anthropic_messages(claude: anthropic.Anthropic, mock: MockServer) -> None:
+    raw = claude.messages.with_raw_response.create(
+        model="claude-mock", max_tokens=100, system=ANTHROPIC_SYSTEM, messages=ANTHROPIC_MESSAGES
+    )
+    message = raw.parse()
+
+    assert raw.headers["request-id"].startswith("req_")
+    assert message.id.startswith("msg_")
+    assert message.type == "message"
+    assert message.role == "assistant"
+    assert message.model == "claude-mock"
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == FULL_TEXT
+    assert message.stop_reason == "end_turn"
+    assert message.stop_sequence is None
+    assert message.usage.input_tokens == ANTHROPIC_PROMPT_TOKENS
+    assert message.usage.output_tokens == 8
+    assert message.usage.cache_creation_input_tokens == 0
+    assert message.usage.cache_read_input_tokens == 0
+
+    (record,) = mock.requests()
+    assert record["api"] == "anthropic"
+    assert record["id"] == message.id
+    assert record["api_key"] == KEY
+    assert record["usage"] == {"input_tokens": ANTHROPIC_PROMPT_TOKENS, "output_tokens": 8}
+
+
+def test_it_truncates_anthropic_replies_at_max_tokens(claude: anthropic.Anthropic) -> None:
+    message = claude.messages.create(model="claude-mock", max_tokens=2, messages=ANTHROPIC_MESSAGES)
+
+    assert message.content[0].text == "Hello from"
+    assert message.stop_reason == "max_tokens"
+    assert message.usage.output_tokens == 2
+
+
+def test_it_streams_anthropic_messages_to_the_sdk_helper(claude: anthropic.Anthropic) -> None:
+    with claude.messages.stream(
+        model="claude-mock", max_tokens=100, system=ANTHROPIC_SYSTEM, messages=ANTHROPIC_MESSAGES
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+
+    assert text == FULL_TEXT
+    assert final.content[0].text == FULL_TEXT
+    assert final.stop_reason == "end_turn"
+    assert final.usage.input_tokens == ANTHROPIC_PROMPT_TOKENS
+    assert final.usage.output_tokens == 8
+
+
+def test_it_streams_anthropic_events_in_order(claude: anthropic.Anthropic) -> None:
+    events = list(
+        claude.messages.create(
+            model="claude-mock", max_tokens=3, messages=ANTHROPIC_MESSAGES, stream=True
+        )
+    )
+
+    assert [event.type for event in events] == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * 3,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start, block, *deltas, _block_stop, delta, _message_stop = events
+    assert start.message.usage.input_tokens == 3 + 4  # no system prompt here
+    assert start.message.usage.output_tokens == 1
+    assert start.message.stop_reason is None
+    assert block.content_block.type == "text"
+    assert "".join(d.delta.text for d in deltas) == "Hello from the"
+    assert delta.delta.stop_reason == "max_tokens"
+    assert delta.usage.output_tokens == 3
+
+
+def test_it_sends_anthropic_ping_and_event_names_on_the_wire(raw: httpx.Client) -> None:
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    body = {"model": "claude-mock", "max_tokens": 1, "messages": ANTHROPIC_MESSAGES, "stream": True}
+    with raw.stream("POST", "/v1/messages", json=body, headers=headers) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = list(response.iter_lines())
+
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert all(
+        json.loads(event)["type"] == name
+        for name, event in zip(names, _data_lines(lines), strict=True)
+    )
+
+
+def _data_lines(lines: list[str]) -> list[str]:
+    return [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+
+
+def test_it_rejects_anthropic_calls_without_a_key(
+    claude: anthropic.Anthropic, raw: httpx.Client
+) -> None:
+    body = {"model": "claude-mock", "max_tokens": 5, "messages": ANTHROPIC_MESSAGES}
+    response = raw.post("/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"})
+
+    assert response.status_code == 401
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "x-api-key header is required"},
+    }
+    assert response.headers["request-id"].startswith("req_")
+
+    # This SDK sends its api_key as a Bearer token, which the mock accepts like x-api-key.
+    with pytest.raises(anthropic.AuthenticationError):
+        claude.messages.create(
+            model="claude-mock",
+            max_tokens=5,
+            messages=ANTHROPIC_MESSAGES,
+            extra_headers={"Authorization": anthropic.omit},
+        )
+
+
+def test_it_requires_anthropic_version_and_max_tokens(
+    claude: anthropic.Anthropic, raw: httpx.Client
+) -> None:
+    body = {"model": "claude-mock", "max_tokens": 5, "messages": ANTHROPIC_MESSAGES}
+    no_version = raw.post("/v1/messages", json=body, headers={"x-api-key": KEY})
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    no_limit = raw.post("/v1/messages", json={**body, "max_tokens": None}, headers=headers)
+
+    for response in (no_version, no_limit):
+        assert response.status_code == 400
+        assert response.json()["type"] == "error"
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "anthropic-version" in no_version.json()["error"]["message"]
+    assert "max_tokens" in no_limit.json()["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.create(model="claude-mock", max_tokens=0, messages=ANTHROPIC_MESSAGES)
+
+
+def test_it_takes_the_anthropic_key_from_x_api_key(mock: MockServer, raw: httpx.Client) -> None:
+    headers = {"x-api-key": "sk-ant-raw", "anthropic-version": "2023-06-01"}
+    body = {"model": "claude-mock", "max_tokens": 5, "messages": ANTHROPIC_MESSAGES}
+
+    assert raw.post("/v1/messages", json=body, headers=headers).status_code == 200
+    assert mock.requests()[0]["api_key"] == "sk-ant-raw"
+
+
+# --- timing, disconnects, faults that shape the stream ----------------------------------------
+
+
+def test_it_counts_prompt_tokens_deterministically(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, mock: MockServer
+) -> None:
+    parts: Any = [
+        {"type": "text", "text": "two words"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "and three more"},
+    ]
+    oai.chat.completions.create(model="gpt-mock", messages=[{"role": "user", "content": parts}])
+    claude.messages.create(
+        model="claude-mock",
+        max_tokens=5,
+        system=[{"type": "text", "text": "one"}],
+        messages=[{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c"}],
+    )
+
+    openai_call, anthropic_call = mock.requests()
+    assert openai_call["usage"]["input_tokens"] == 3 + 5
+    assert anthropic_call["usage"]["input_tokens"] == (3 + 1) + (3 + 2) + (3 + 1)
+
+
+def test_it_uses_configured_text_and_chunk_count(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(text=["a", "b", "c"], chunks=5)
+
+    completion = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert completion.choices[0].message.content == "abcab"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+
+
+def test_it_spaces_pieces_by_ttft_and_chunk_delay(raw: httpx.Client, mock: MockServer) -> None:
+    mock.configure(chunks=4, ttft=0.3, chunk_delay=0.15)
+    started = time.monotonic()
+    arrivals = []
+    with raw.stream(
+        "POST",
+        "/v1/chat/completions",
+        json=_openai_stream_body(),
+        headers={"authorization": f"Bearer {KEY}"},
+    ) as response:
+        headers_after = time.monotonic() - started
+        for event in _data_events(response.iter_lines()):
+            if event["choices"] and event["choices"][0]["delta"].get("content"):
+                arrivals.append(time.monotonic() - started)
+
+    assert headers_after < 0.2
+    assert len(arrivals) == 4
+    assert arrivals[0] >= 0.28
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert all(0.12 <= gap < 0.4 for gap in gaps), gaps
+    record = _wait_finished(mock)
+    assert record["first_chunk_at"] - record["started_at"] >= 0.28
+    sent = record["chunk_times"]
+    assert all(later - earlier >= 0.14 for earlier, later in itertools.pairwise(sent))
+
+
+def test_it_delays_non_streamed_replies_by_the_generation_time(
+    oai: openai.OpenAI, mock: MockServer
+) -> None:
+    mock.configure(chunks=3, ttft=0.2, chunk_delay=0.1)
+    started = time.monotonic()
+
+    oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert time.monotonic() - started >= 0.2 + 2 * 0.1 - 0.02
+
+
+def test_it_records_a_client_disconnect(raw: httpx.Client, mock: MockServer) -> None:
+    mock.configure(chunk_delay=0.3)
+    received = []
+    with raw.stream(
+        "POST",
+        "/v1/chat/completions",
+        json=_openai_stream_body(),
+        headers={"authorization": f"Bearer {KEY}"},
+    ) as response:
+        for event in _data_events(response.iter_lines()):
+            if event["choices"][0]["delta"].get("content"):
+                received.append(event["choices"][0]["delta"]["content"])
+            if len(received) == 2:
+                break
+
+    record = _wait_finished(mock)
+    assert record["disconnected"] is True
+    assert record["disconnected_at"] >= record["chunk_times"][-1]
+    assert record["chunks_sent"] == 2
+    assert record["text_sent"] == "".join(received) == "Hello from"
+    assert record["usage"]["output_tokens"] == 2
+
+
+def test_it_breaks_the_connection_after_k_pieces(
+    oai: openai.OpenAI, raw: httpx.Client, mock: MockServer
+) -> None:
+    mock.configure(faults=[{"action": {"type": "break_after", "chunks": 3}}])
+    pieces = []
+
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in oai.chat.completions.create(**_openai_stream_body()):
+            pieces.append(chunk.choices[0].delta.content or "")
+    assert "".join(pieces) == "Hello from the"
+
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    body = {"model": "claude-mock", "max_tokens": 9, "messages": ANTHROPIC_MESSAGES, "stream": True}
+    lines: list[str] = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        with raw.stream("POST", "/v1/messages", json=body, headers=headers) as response:
+            lines.extend(response.iter_lines())
+    assert not any("message_stop" in line for line in lines)
+
+    records = mock.requests()
+    assert [record["chunks_sent"] for record in records] == [3, 3]
+    assert [record["fault"] for record in records] == ["break_after"] * 2
+    assert [record["disconnected"] for record in records] == [False, False]
+
+
+def test_it_breaks_non_streamed_replies_mid_body(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(faults=[{"action": {"type": "break_after", "chunks": 0}}])
+
+    with pytest.raises(openai.APIConnectionError):
+        oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+
+def test_it_drips_comments_without_content(raw: httpx.Client, mock: MockServer) -> None:
+    mock.configure(faults=[{"action": {"type": "drip", "interval": 0.1, "max_seconds": 0.35}}])
+    started = time.monotonic()
+
+    with raw.stream(
+        "POST",
+        "/v1/chat/completions",
+        json=_openai_stream_body(),
+        headers={"authorization": f"Bearer {KEY}"},
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+
+    assert lines == [": drip"] * 3
+    assert time.monotonic() - started >= 0.33
+    assert _wait_finished(mock)["chunks_sent"] == 0
+
+
+def test_it_delays_headers(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(faults=[{"action": {"type": "delay_headers", "seconds": 0.3}}])
+    started = time.monotonic()
+
+    completion = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert time.monotonic() - started >= 0.28
+    assert completion.choices[0].message.content == FULL_TEXT
+
+
+# --- control API and the command ------------------------------------------------------------
+
+
+def test_it_resets_records_and_configuration(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(chunks=2, faults=[{"action": {"type": "echo_key"}}])
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    config = mock.reset()
+
+    assert config == {"chunks": 8, "chunk_delay": 0.0, "ttft": 0.0, "text": None, "faults": []}
+    assert mock.stats() == {"calls": 0, "requests": []}
+
+
+def test_it_rejects_invalid_configuration(raw: httpx.Client, mock: MockServer) -> None:
+    for change in (
+        {"chunk_delay": -1},
+        {"nonsense": 1},
+        {"faults": [{"action": {"type": "explode"}}]},
+        {"faults": [{"match": {"tenant": "x"}, "action": {"type": "echo_key"}}]},
+    ):
+        response = raw.post("/_mock/config", json=change)
+        assert response.status_code == 400, change
+    assert mock.configure()["chunk_delay"] == 0.0
+
+
+def test_it_refuses_a_negative_delay_at_start() -> None:
+    with pytest.raises(RuntimeError, match="chunk_delay must be a non-negative"):
+        MockServer.start(chunk_delay=-0.5)
