@@ -8,7 +8,7 @@ PORT ?= 8000
 MOCK_PORT ?= 8001
 # What `make test` uses; .ci/run makes sure both services are up.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llm_proxy
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PYTEST_ARGS ?=
 
 .PHONY: install run test lint typecheck test-services test-zero-setup bench clean

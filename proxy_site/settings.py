@@ -289,7 +289,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
     raise _bad("REDIS_URL", REDIS_URL, "a redis://, rediss:// or unix:// URL")
-REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
+# Short on purpose: an unreachable Redis must turn into a clear 503 well within a second.
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.3, minimum=0.01)
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 256, minimum=1)
 
 if REDIS_URL:
     CACHES = {
@@ -312,11 +314,37 @@ else:
 PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
 # How long a process trusts its cached view of a tenant (tier, routes, keys) before reading
-# the database again; changes made through Django also clear it at once in this process.
-PROXY_CONTEXT_TTL = env_float("PROXY_CONTEXT_TTL", 5.0, minimum=0.0)
+# the database again. Changes made through Django clear it at once in their own process and
+# within PROXY_CONTEXT_POLL in every other one (through Redis); the TTL is the backstop.
+PROXY_CONTEXT_TTL = env_float("PROXY_CONTEXT_TTL", 30.0, minimum=0.0)
+# How often a process asks Redis whether another process changed tenants, tiers or routes.
+PROXY_CONTEXT_POLL = env_float("PROXY_CONTEXT_POLL", 0.5, minimum=0.0)
 PROXY_DEFAULT_MAX_TOKENS = env_int("PROXY_DEFAULT_MAX_TOKENS", 4096, minimum=1)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
+
+# Usage weeks: ISO weeks in UTC unless told otherwise.
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+PROXY_WEEK_START_DAY = _WEEKDAYS.index(env_choice("PROXY_WEEK_START", "monday", _WEEKDAYS))
+PROXY_WEEK_TIMEZONE = env_str("PROXY_WEEK_TIMEZONE", "UTC")
+try:
+    from zoneinfo import ZoneInfo
+
+    ZoneInfo(PROXY_WEEK_TIMEZONE)
+except (ValueError, KeyError, OSError):
+    raise _bad(
+        "PROXY_WEEK_TIMEZONE", PROXY_WEEK_TIMEZONE, "an IANA time zone such as UTC"
+    ) from None
+# Reservations outlive any request (a crashed process's reservation is healed after this).
+PROXY_RESERVATION_TTL = env_int("PROXY_RESERVATION_TTL", 900, minimum=10)
+# How long a settled request id is remembered, so a repeated settlement charges nothing.
+PROXY_SETTLED_MARKER_TTL = env_int("PROXY_SETTLED_MARKER_TTL", 3600, minimum=60)
+# A prompt's token estimate, for the reservation: bytes of the request body per token.
+PROXY_PROMPT_BYTES_PER_TOKEN = env_float("PROXY_PROMPT_BYTES_PER_TOKEN", 3.0, minimum=0.5)
+# Each proxy process moves settled usage from Redis into the database itself; turn this off
+# to leave it to `manage.py usage_worker` alone.
+PROXY_LEDGER_WORKER = env_bool("PROXY_LEDGER_WORKER", True)
+PROXY_LEDGER_DRAIN_INTERVAL = env_float("PROXY_LEDGER_DRAIN_INTERVAL", 0.25, minimum=0.01)
 
 
 # --- Django --------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class Limits:
     requests_per_minute: int
     max_concurrent_requests: int
     default_max_tokens: int
+    rate_limits_fail_open: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ def _load(slug: str) -> TenantContext | None:
         requests_per_minute=tenant.requests_per_minute,
         max_concurrent_requests=tenant.max_concurrent_requests,
         default_max_tokens=tier.default_max_tokens,
+        rate_limits_fail_open=tier.rate_limits_fail_open,
     )
     return TenantContext(
         tenant_id=tenant.id,
@@ -161,19 +163,38 @@ def _load(slug: str) -> TenantContext | None:
 
 
 class ContextCache:
-    """Per-process TTL cache of tenant contexts, with one in-flight load per tenant."""
+    """Per-process TTL cache of tenant contexts, with one in-flight load per tenant.
+
+    Changes made in another process reach this one through a generation counter in Redis,
+    read at most every PROXY_CONTEXT_POLL seconds (not per request); the TTL bounds
+    staleness when Redis cannot say.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, TenantContext]] = {}
         self._loading: dict[str, asyncio.Future[TenantContext | None]] = {}
         self._generation = 0
+        self._remote_generation: bytes | None = None
+        self._polled_at = 0.0
 
     def invalidate(self) -> None:
         self._entries.clear()
         self._generation += 1
 
+    async def _poll(self, now: float) -> None:
+        from usage.counters import aconfig_generation
+
+        self._polled_at = now
+        remote = await aconfig_generation()
+        if remote is not None and remote != self._remote_generation:
+            if self._remote_generation is not None:
+                self.invalidate()
+            self._remote_generation = remote
+
     async def aget(self, slug: str) -> TenantContext | None:
         now = time.monotonic()
+        if now - self._polled_at >= settings.PROXY_CONTEXT_POLL:
+            await self._poll(now)
         hit = self._entries.get(slug)
         if hit is not None and hit[0] > now:
             return hit[1]

@@ -118,8 +118,3 @@ def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
         max_tokens=max_tokens,
         messages=messages,
     )
-
-
-def estimate_prompt_tokens(raw_size: int) -> int:
-    """An upper-bound-ish token estimate from the request's size (about 4 bytes a token)."""
-    return raw_size // 4 + 1

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from routing.context import context_cache
 from routing.models import ModelRoute, Provider, ProviderKey
 from tenants.models import Tenant, Tier
+from usage.counters import bump_config_generation
+
+
+def _changed() -> None:
+    context_cache.invalidate()  # this process: at once
+    bump_config_generation()  # every other process: at its next generation check
 
 
 def _invalidate(**kwargs: Any) -> None:
-    context_cache.invalidate()
+    # After commit, or another process could reload the old rows and cache them again.
+    transaction.on_commit(_changed)
 
 
 for _model in (Tier, Tenant, Provider, ProviderKey, ModelRoute):

@@ -1,11 +1,13 @@
 """The proxy's hot path, top to bottom.
 
     authenticate (JWT, cached tenant context) -> validate the body -> resolve the route
-    -> choose a pooled key -> forward -> answer (JSON) or relay (SSE) -> settle the bill
+    -> choose a pooled key -> admit (caps, rate limits, reserve) -> forward
+    -> answer (JSON) or relay (SSE) -> settle the bill (exactly once, whatever happens)
 
 Everything here is async and makes no blocking call: the tenant context comes from an
-in-process cache, the provider is called through the shared httpx client, and the bill is
-settled after the answer is complete.
+in-process cache, admission and settlement are one Redis script each, the provider is
+called through the shared httpx client, and the ledger row is written off the response
+path from the settlement's Redis stream entry.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import httpx
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from routing.adapters import StreamTranslator, adapter_for
 from routing.adapters.base import sse_data
 from routing.errors import ProxyError, error_body, error_response
-from routing.schema import estimate_prompt_tokens, parse_chat_request
+from routing.schema import parse_chat_request
 from routing.sse import SSEParser
 from routing.upstream import asend, choose_key
 from tenants.auth import aauthenticate
+from usage.limits import aadmit, estimate
 from usage.metering import Meter
 from usage.models import UsageRecord
 
@@ -41,15 +45,20 @@ def _new_request_id() -> str:
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     request_id = _new_request_id()
+    # Filled in at admission: the rate-limit headers every later answer carries.
+    headers: dict[str, str] = {"x-request-id": request_id}
     try:
-        response = await _chat_completions(request, request_id)
+        response = await _chat_completions(request, request_id, headers)
     except ProxyError as error:
         response = error_response(error)
-    response["x-request-id"] = request_id
+    for name, value in headers.items():
+        response.headers.setdefault(name, value)
     return response
 
 
-async def _chat_completions(request: HttpRequest, request_id: str) -> HttpResponseBase:
+async def _chat_completions(
+    request: HttpRequest, request_id: str, headers: dict[str, str]
+) -> HttpResponseBase:
     if request.method != "POST":
         raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
     context = await aauthenticate(request)
@@ -67,10 +76,15 @@ async def _chat_completions(request: HttpRequest, request_id: str) -> HttpRespon
     route = routes[0]
     key = choose_key(route.provider.keys)
     adapter = adapter_for(route.provider.kind)
-    url, payload, headers = adapter.build(
-        route=route, chat=chat, max_tokens=chat.max_tokens or context.limits.default_max_tokens
-    )
+    max_tokens = chat.max_tokens or context.limits.default_max_tokens
+    # Built before admission: a request the adapter refuses reserves nothing.
+    url, payload, extra_headers = adapter.build(route=route, chat=chat, max_tokens=max_tokens)
 
+    tokens, nanos = estimate(route=route, body_bytes=len(raw), max_tokens=max_tokens)
+    admission = await aadmit(
+        context=context, request_id=request_id, tokens=tokens, nanos=nanos, now=timezone.now()
+    )
+    headers.update(admission.headers)
     logger.debug(
         "%s: %s %s -> %s/%s with key %s",
         request_id,
@@ -81,16 +95,16 @@ async def _chat_completions(request: HttpRequest, request_id: str) -> HttpRespon
         key.label,
     )
     meter = Meter(
-        request_id=request_id,
+        admission=admission,
         context=context,
         route=route,
         key=key,
         stream=chat.stream,
-        prompt_estimate=estimate_prompt_tokens(len(raw)),
+        prompt_estimate=tokens - max_tokens,
     )
     try:
         upstream = await asend(
-            adapter=adapter, route=route, key=key, url=url, payload=payload, headers=headers
+            adapter=adapter, route=route, key=key, url=url, payload=payload, headers=extra_headers
         )
     except ProxyError as error:
         status = UsageRecord.Status.UPSTREAM_ERROR
@@ -99,20 +113,27 @@ async def _chat_completions(request: HttpRequest, request_id: str) -> HttpRespon
         meter.failed(status=status, http_status=error.status)
         await meter.asettle()
         raise
+    except asyncio.CancelledError:
+        meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        await asyncio.shield(meter.asettle())
+        raise
 
     if not chat.stream:
         try:
             body = await upstream.aread()
+            content, meter.usage = adapter.completion(route=route, raw=body)
         except httpx.HTTPError:
             meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=502)
-            await meter.asettle()
-            raise ProxyError(
-                502, "The provider's answer broke off.", code="upstream_error"
-            ) from None
+            raise ProxyError(502, "The answer broke off.", code="upstream_error") from None
+        except ProxyError as error:
+            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=error.status)
+            raise
+        except asyncio.CancelledError:
+            meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+            raise
         finally:
             await upstream.aclose()
-        content, meter.usage = adapter.completion(route=route, raw=body)
-        await meter.asettle()
+            await asyncio.shield(meter.asettle())
         return HttpResponse(content, content_type="application/json")
 
     response = StreamingHttpResponse(

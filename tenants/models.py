@@ -26,7 +26,15 @@ class Tier(models.Model):
     max_concurrent_requests = models.PositiveIntegerField(default=4)
     default_max_tokens = models.PositiveIntegerField(
         default=4096,
-        help_text="Completion allowance reserved when a request names no max_tokens.",
+        help_text="Completion allowance reserved (and sent) when a request names no max_tokens.",
+    )
+    rate_limits_fail_open = models.BooleanField(
+        default=False,
+        help_text=(
+            "When Redis is unreachable, serve without requests-per-minute and concurrency "
+            "limits (caps are then checked against the database ledger) instead of refusing "
+            "with 503. Logged as an error on every such request."
+        ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

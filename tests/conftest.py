@@ -32,6 +32,7 @@ from routing.services import provider_create, provider_key_create, route_create
 from tenants.models import Tenant, Tier
 from tenants.services import tenant_create, tier_create
 from tests.support.mockserver import MockServer
+from usage import counters
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -222,7 +223,13 @@ def live_proxy(
 
 
 @pytest.fixture
-def proxy(live_proxy: LiveProxy, transactional_db: None) -> LiveProxy:
+def redis_flushed() -> None:
+    """An empty counter store (the test database is flushed between tests too)."""
+    counters.sync_client().flushdb()
+
+
+@pytest.fixture
+def proxy(live_proxy: LiveProxy, transactional_db: None, redis_flushed: None) -> LiveProxy:
     """The live proxy, with the database visible to it (committed, flushed after the test)."""
     return live_proxy
 

@@ -1,25 +1,23 @@
-"""The bill of one forwarded request: opened when the proxy forwards, settled exactly once."""
+"""The bill of one forwarded request: opened when it is admitted, settled exactly once."""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from django.db import IntegrityError
 from django.utils import timezone
 
 from routing.adapters.base import StreamTranslator, Usage
 from routing.context import PooledKey, Route, TenantContext
+from usage.limits import Admission, asettle, to_nanos
 from usage.models import UsageRecord
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Meter:
-    request_id: str
+    admission: Admission
     context: TenantContext
     route: Route
     key: PooledKey
@@ -44,38 +42,38 @@ class Meter:
             # prompt estimate stands in where the provider never said (OpenAI-style APIs
             # report usage only at the end).
             usage.output_tokens = max(usage.output_tokens, translator.content_deltas)
-            if usage.input_tokens == 0:
+            if usage.input_tokens == 0 and translator.content_deltas:
                 usage.input_tokens = self.prompt_estimate
         self.usage = usage
 
+    def record(self) -> dict[str, Any]:
+        usage = self.usage
+        cost = self.route.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        return {
+            "request_id": self.admission.request_id,
+            "tenant_id": self.context.tenant_id,
+            "tier_id": self.context.tier_id,
+            "route_id": self.route.id,
+            "provider_key_id": self.key.id,
+            "model": self.route.model,
+            "provider_slug": self.route.provider.slug,
+            "upstream_model": self.route.upstream_model,
+            "stream": self.stream,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "usage_reported": usage.reported,
+            "cost_nanos": to_nanos(cost),
+            "status": self.status,
+            "http_status": self.http_status,
+            "attempts": self.attempts,
+            "latency_ms": int((time.monotonic() - self.started) * 1000),
+            "created_at": self.created_at.isoformat(),
+            "week": self.admission.week.id,
+        }
+
     async def asettle(self) -> None:
-        """Write the ledger row, once; a second call is a no-op."""
+        """Bill the request: once; a second call is a no-op."""
         if self.settled:
             return
         self.settled = True
-        usage = self.usage
-        try:
-            await UsageRecord.objects.acreate(
-                request_id=self.request_id,
-                tenant_id=self.context.tenant_id,
-                tier_id=self.context.tier_id,
-                route_id=self.route.id,
-                provider_key_id=self.key.id,
-                model=self.route.model,
-                provider_slug=self.route.provider.slug,
-                upstream_model=self.route.upstream_model,
-                stream=self.stream,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                usage_reported=usage.reported,
-                cost_usd=self.route.cost(
-                    input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
-                ),
-                status=self.status,
-                http_status=self.http_status,
-                attempts=self.attempts,
-                latency_ms=int((time.monotonic() - self.started) * 1000),
-                created_at=self.created_at,
-            )
-        except IntegrityError:
-            logger.warning("usage for %s was already recorded", self.request_id)
+        await asettle(self.admission, self.record())

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from routing.models import ModelRoute, ProviderKey
@@ -31,16 +32,28 @@ class UsageRecord(models.Model):
     usage_reported = models.BooleanField(
         default=True, help_text="False when the counts are the proxy's own (stream cut short)."
     )
-    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=9, default=0)
     status = models.CharField(max_length=32, choices=Status.choices)
     http_status = models.PositiveSmallIntegerField()
     attempts = models.PositiveSmallIntegerField(default=1)
     latency_ms = models.PositiveIntegerField()
     created_at = models.DateTimeField(db_index=True)
+    week = models.CharField(max_length=10, help_text="The usage week (its start date).")
+    counted = models.BooleanField(
+        default=True,
+        help_text="False while a row written straight to the database (Redis unreachable) "
+        "has not been added to the live counters yet.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+            models.Index(fields=["tenant", "week"], name="usage_tenant_week"),
+            models.Index(
+                fields=["counted"], condition=models.Q(counted=False), name="usage_uncounted"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.request_id
@@ -48,3 +61,22 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+class WeekReset(models.Model):
+    """Staff forgave a tenant's usage so far this week (the ledger itself stays untouched)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="week_resets")
+    week = models.CharField(max_length=10)
+    tokens = models.PositiveBigIntegerField()
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=9)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.week}"

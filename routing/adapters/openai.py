@@ -80,6 +80,9 @@ class OpenAIAdapter:
     ) -> tuple[str, dict[str, Any], dict[str, str]]:
         payload = dict(chat.body)
         payload["model"] = route.upstream_model
+        if chat.max_tokens is None:
+            # The reservation counted on this allowance: make the provider keep to it.
+            payload["max_tokens"] = max_tokens
         if chat.stream:
             # Always ask for usage so every stream can be billed from the provider's count.
             payload["stream_options"] = {

@@ -1,0 +1,313 @@
+"""The one owner of Redis state: every key name and every Lua script lives here.
+
+Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot)::
+
+    lp:{t:7}:week:<week>   hash   used_tokens, used_nanos, seeded   (TTL: the week + 14 days)
+    lp:{t:7}:resv          zset   request id -> reservation expiry (ms)
+    lp:{t:7}:resv:amt      hash   request id -> "tokens|nanos"
+    lp:{t:7}:resv:tot      hash   tokens, nanos: the sum of live reservations
+    lp:{t:7}:inflight      zset   request id -> lease expiry (ms): concurrency
+    lp:{t:7}:rpm           zset   request id -> admission time (ms): the last minute's requests
+    lp:{t:7}:done:<rid>    string settled marker (settle exactly once)
+    lp:{t:7}:ledger        stream one entry per settled request, drained into UsageRecord
+    lp:{t:7}:ledger:dead   stream entries that could not be stored (their tenant was deleted)
+    lp:{t:7}:lock          string held while the ledger moves to the database or the week is
+                                  rebuilt from it, so the two never count an entry twice
+    lp:config:generation   string bumped when tenants, tiers or routes change
+
+Money is counted in nano-dollars (integers, exact in Lua's doubles up to $9M a tenant-week);
+the ledger stores the same amount, so ledger and counter agree to the last digit.
+
+The async hot path uses redis.asyncio (one client per event loop); admin pages and commands
+use the sync client (django-redis's connection when REDIS_URL is set). Without REDIS_URL both
+talk to one in-process fakeredis server that runs the same Lua scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+
+CONFIG_GENERATION_KEY = "lp:config:generation"
+
+
+def tenant_prefix(tenant_id: int) -> str:
+    return f"lp:{{t:{tenant_id}}}:"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    week: str
+    resv: str
+    resv_amt: str
+    resv_tot: str
+    inflight: str
+    rpm: str
+    ledger: str
+    dead_letter: str
+    lock: str
+    prefix: str
+
+    def done(self, request_id: str) -> str:
+        return f"{self.prefix}done:{request_id}"
+
+
+def keys_for(tenant_id: int, week: str) -> TenantKeys:
+    p = tenant_prefix(tenant_id)
+    return TenantKeys(
+        week=f"{p}week:{week}",
+        resv=f"{p}resv",
+        resv_amt=f"{p}resv:amt",
+        resv_tot=f"{p}resv:tot",
+        inflight=f"{p}inflight",
+        rpm=f"{p}rpm",
+        ledger=f"{p}ledger",
+        dead_letter=f"{p}ledger:dead",
+        lock=f"{p}lock",
+        prefix=p,
+    )
+
+
+LEDGER_PATTERN = "lp:{t:*}:ledger"
+
+
+def tenant_id_of_ledger(key: str) -> int:
+    return int(key.split("{t:", 1)[1].split("}", 1)[0])
+
+
+# --- scripts -------------------------------------------------------------------------------
+
+# Admission: check concurrency, requests per minute and both weekly caps, and only if all
+# pass take a lease, a slot in the minute and a reservation of the worst case. Nothing is
+# written for a refused request, so a refusal never eats into the next one's allowance.
+ADMIT = """
+local week, resv, resv_amt = KEYS[1], KEYS[2], KEYS[3]
+local resv_tot, inflight, rpm = KEYS[4], KEYS[5], KEYS[6]
+local now = tonumber(ARGV[1])
+local rid = ARGV[2]
+local est_tokens, est_nanos = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cap_tokens, cap_nanos = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rpm_limit, max_concurrent = tonumber(ARGV[7]), tonumber(ARGV[8])
+local resv_ttl, lease_ttl, window = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local check_rate = ARGV[12] == '1'
+
+if redis.call('HGET', week, 'seeded') ~= '1' then
+  return {'seed'}
+end
+
+-- Reservations of processes that died before settling expire here (their TTL heals them).
+local expired = redis.call('ZRANGEBYSCORE', resv, '-inf', now)
+for _, id in ipairs(expired) do
+  local amount = redis.call('HGET', resv_amt, id)
+  if amount then
+    local sep = string.find(amount, '|', 1, true)
+    redis.call('HINCRBY', resv_tot, 'tokens', -tonumber(string.sub(amount, 1, sep - 1)))
+    redis.call('HINCRBY', resv_tot, 'nanos', -tonumber(string.sub(amount, sep + 1)))
+    redis.call('HDEL', resv_amt, id)
+  end
+end
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', resv, '-inf', now)
+end
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', rpm, '-inf', now - window)
+
+local in_flight = redis.call('ZCARD', inflight)
+local in_window = redis.call('ZCARD', rpm)
+if check_rate then
+  if max_concurrent > 0 and in_flight >= max_concurrent then
+    return {'concurrency', 1000, in_window}
+  end
+  if rpm_limit > 0 and in_window >= rpm_limit then
+    local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
+    return {'rpm', tonumber(oldest[2]) + window - now, in_window}
+  end
+end
+
+local used_tokens = tonumber(redis.call('HGET', week, 'used_tokens') or '0')
+local used_nanos = tonumber(redis.call('HGET', week, 'used_nanos') or '0')
+local held_tokens = tonumber(redis.call('HGET', resv_tot, 'tokens') or '0')
+local held_nanos = tonumber(redis.call('HGET', resv_tot, 'nanos') or '0')
+if cap_tokens >= 0 and used_tokens + held_tokens + est_tokens > cap_tokens then
+  return {'tokens', used_tokens, held_tokens, in_window}
+end
+if cap_nanos >= 0 and used_nanos + held_nanos + est_nanos > cap_nanos then
+  return {'cost', used_nanos, held_nanos, in_window}
+end
+
+redis.call('ZADD', inflight, now + lease_ttl, rid)
+redis.call('PEXPIRE', inflight, lease_ttl)
+redis.call('ZADD', rpm, now, rid)
+redis.call('PEXPIRE', rpm, window)
+redis.call('ZADD', resv, now + resv_ttl, rid)
+redis.call('PEXPIRE', resv, resv_ttl)
+redis.call('HSET', resv_amt, rid, est_tokens .. '|' .. est_nanos)
+redis.call('PEXPIRE', resv_amt, resv_ttl)
+redis.call('HINCRBY', resv_tot, 'tokens', est_tokens)
+redis.call('HINCRBY', resv_tot, 'nanos', est_nanos)
+redis.call('PEXPIRE', resv_tot, resv_ttl)
+return {'ok', used_tokens, held_tokens + est_tokens, in_window + 1}
+"""
+
+# Settlement: once per request id. Releases the reservation and the lease, adds the actual
+# usage to the week (if the week's counters are live; a week not yet rebuilt counts it from
+# the ledger stream when it is) and appends the ledger entry, all in one atomic step. An
+# empty record adds no entry: reconciliation of a row already in the database.
+SETTLE = """
+local week, resv, resv_amt, resv_tot = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, done, ledger = KEYS[5], KEYS[6], KEYS[7]
+local rid, tokens, nanos = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local done_ttl, week_id, record = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+
+if not redis.call('SET', done, '1', 'NX', 'EX', done_ttl) then
+  return 0
+end
+local amount = redis.call('HGET', resv_amt, rid)
+if amount then
+  local sep = string.find(amount, '|', 1, true)
+  redis.call('HINCRBY', resv_tot, 'tokens', -tonumber(string.sub(amount, 1, sep - 1)))
+  redis.call('HINCRBY', resv_tot, 'nanos', -tonumber(string.sub(amount, sep + 1)))
+  redis.call('HDEL', resv_amt, rid)
+end
+redis.call('ZREM', resv, rid)
+redis.call('ZREM', inflight, rid)
+if redis.call('HGET', week, 'seeded') == '1' then
+  redis.call('HINCRBY', week, 'used_tokens', tokens)
+  redis.call('HINCRBY', week, 'used_nanos', nanos)
+end
+if record ~= '' then
+  redis.call('XADD', ledger, '*', 'w', week_id, 't', tokens, 'n', nanos, 'r', record)
+end
+return 1
+"""
+
+# Seeding a week from the ledger: the database's sum (drained entries) plus the entries
+# still in the stream (not drained). Run under the tenant lock, so no entry is in both.
+SEED = """
+local week, ledger = KEYS[1], KEYS[2]
+local db_tokens, db_nanos = tonumber(ARGV[1]), tonumber(ARGV[2])
+local week_id, week_ttl, force = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+if not force and redis.call('HGET', week, 'seeded') == '1' then
+  return 0
+end
+local tokens, nanos = db_tokens, db_nanos
+for _, entry in ipairs(redis.call('XRANGE', ledger, '-', '+')) do
+  local fields = entry[2]
+  local w, t, n
+  for i = 1, #fields, 2 do
+    if fields[i] == 'w' then w = fields[i + 1]
+    elseif fields[i] == 't' then t = tonumber(fields[i + 1])
+    elseif fields[i] == 'n' then n = tonumber(fields[i + 1]) end
+  end
+  if w == week_id then
+    tokens = tokens + t
+    nanos = nanos + n
+  end
+end
+redis.call('HSET', week, 'used_tokens', tokens, 'used_nanos', nanos, 'seeded', '1')
+redis.call('EXPIRE', week, week_ttl)
+return 1
+"""
+
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# --- clients -------------------------------------------------------------------------------
+
+
+@cache
+def _fake_server() -> Any:
+    import fakeredis
+
+    return fakeredis.FakeServer()
+
+
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def async_client() -> aredis.Redis:
+    """The event loop's Redis client (redis.asyncio, or the embedded fakeredis)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        if settings.REDIS_URL:
+            client = aredis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                max_connections=settings.REDIS_MAX_CONNECTIONS,
+                health_check_interval=30,
+            )
+        else:
+            import fakeredis
+
+            client = fakeredis.FakeAsyncRedis(server=_fake_server())
+        _async_clients[loop] = client
+    return client
+
+
+def sync_client() -> redis.Redis:
+    """Redis for sync code (admin, commands): django-redis's connection, or the embedded one."""
+    if settings.REDIS_URL:
+        from django_redis import get_redis_connection
+
+        connection: redis.Redis = get_redis_connection("default")
+        return connection
+    import fakeredis
+
+    fake: redis.Redis = fakeredis.FakeRedis(server=_fake_server())
+    return fake
+
+
+def bump_config_generation() -> None:
+    """Tell every proxy process that tenants, tiers or routes changed (best effort)."""
+    try:
+        sync_client().incr(CONFIG_GENERATION_KEY)
+    except redis.RedisError:
+        pass  # the context TTL still bounds how long a process serves the old view
+
+
+async def aconfig_generation() -> bytes | None:
+    try:
+        value = await async_client().get(CONFIG_GENERATION_KEY)
+    except (redis.RedisError, OSError):
+        return None
+    return value if isinstance(value, bytes) else None
+
+
+class Scripts:
+    """The Lua scripts, registered once per client and run with EVALSHA."""
+
+    def __init__(self, client: Any) -> None:
+        self.admit = client.register_script(ADMIT)
+        self.settle = client.register_script(SETTLE)
+        self.seed = client.register_script(SEED)
+        self.unlock = client.register_script(UNLOCK)
+
+
+_async_scripts: weakref.WeakKeyDictionary[aredis.Redis, Scripts] = weakref.WeakKeyDictionary()
+
+
+def async_scripts(client: aredis.Redis) -> Scripts:
+    scripts = _async_scripts.get(client)
+    if scripts is None:
+        scripts = _async_scripts[client] = Scripts(client)
+    return scripts
+
+
+def sync_scripts(client: redis.Redis) -> Scripts:
+    return Scripts(client)

@@ -1,0 +1,238 @@
+"""The durable ledger: settled usage moves from Redis streams into UsageRecord rows.
+
+Settlement appends each request's record to its tenant's Redis stream in the same atomic
+step that updates the counters (usage/counters.py). This module moves those entries into
+the database in batches, idempotently (the request id is unique, inserts ignore conflicts,
+and entries leave the stream only after their rows are committed), rebuilds a week's
+counters from the database when Redis has lost them, and adds rows that had to be written
+straight to the database (Redis unreachable at settlement) to the counters afterwards.
+
+Everything that moves usage between the stream and the database, or reads the database to
+rebuild a counter, holds the tenant's lock, so no entry is ever counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
+
+from routing.models import ModelRoute, ProviderKey
+from usage import counters
+from usage.models import UsageRecord, WeekReset
+from usage.weeks import Week
+
+logger = logging.getLogger(__name__)
+
+NANOS = Decimal(1_000_000_000)
+_BATCH = 500
+_LOCK_MS = 30_000
+
+
+class LockBusy(Exception):
+    pass
+
+
+def record_to_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
+def record_row(record: dict[str, Any]) -> UsageRecord:
+    """The UsageRecord for a settled request's record (as the meter builds it)."""
+    data = dict(record)
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    data["cost_usd"] = Decimal(data.pop("cost_nanos")) / NANOS
+    return UsageRecord(**data)
+
+
+def _row(payload: bytes | str) -> UsageRecord:
+    return record_row(json.loads(payload))
+
+
+@contextmanager
+def tenant_lock(client: redis.Redis, tenant_id: int, *, wait: float = 5.0) -> Iterator[None]:
+    key = counters.keys_for(tenant_id, "-").lock
+    token = secrets.token_hex(8)
+    deadline = time.monotonic() + wait
+    while not client.set(key, token, nx=True, px=_LOCK_MS):
+        if time.monotonic() > deadline:
+            raise LockBusy(f"tenant {tenant_id} ledger lock is busy")
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        counters.sync_scripts(client).unlock(keys=[key], args=[token])
+
+
+def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
+    stream = counters.keys_for(tenant_id, "-").ledger
+    moved = 0
+    while True:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            stream, "-", "+", count=_BATCH
+        )
+        if not entries:
+            return moved
+        rows = [_row(fields[b"r"]) for _, fields in entries]
+        try:
+            with transaction.atomic():
+                UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+        except IntegrityError:
+            _insert_one_by_one(client, tenant_id, entries, rows)
+        # Only once the rows are committed do the entries leave the stream; a crash in
+        # between re-inserts them next time, and the unique request id ignores them.
+        client.xdel(stream, *[entry_id for entry_id, _ in entries])
+        moved += len(entries)
+
+
+def _insert_one_by_one(
+    client: redis.Redis,
+    tenant_id: int,
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+    rows: list[UsageRecord],
+) -> None:
+    """A batch that broke a constraint: keep every row that can be kept.
+
+    A route or pooled key deleted while its usage was still in Redis leaves the row without
+    that link (as deleting it later would). A row whose tenant or tier is gone cannot be
+    stored: it goes to a dead-letter stream, loudly, instead of blocking the tenant's ledger.
+    """
+    routes = set(
+        ModelRoute.objects.filter(pk__in={r.route_id for r in rows}).values_list("pk", flat=True)
+    )
+    keys = set(
+        ProviderKey.objects.filter(pk__in={r.provider_key_id for r in rows}).values_list(
+            "pk", flat=True
+        )
+    )
+    for (entry_id, fields), row in zip(entries, rows, strict=True):
+        if row.route_id not in routes:
+            row.route_id = None
+        if row.provider_key_id not in keys:
+            row.provider_key_id = None
+        try:
+            with transaction.atomic():
+                UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
+        except IntegrityError:
+            dead = counters.keys_for(tenant_id, "-").dead_letter
+            client.xadd(dead, {b"r": fields[b"r"], b"id": entry_id})
+            logger.error(
+                "usage of %s cannot be stored (tenant or tier gone); kept in %s",
+                row.request_id,
+                dead,
+            )
+
+
+def drain_tenant(client: redis.Redis, tenant_id: int) -> int:
+    """Move a tenant's settled entries into the database; returns how many."""
+    with tenant_lock(client, tenant_id):
+        return _drain_locked(client, tenant_id)
+
+
+def ledger_tenants(client: redis.Redis) -> list[int]:
+    """Tenants whose ledger stream holds entries (SCAN: for the worker, not the hot path)."""
+    return sorted(
+        counters.tenant_id_of_ledger(key.decode() if isinstance(key, bytes) else key)
+        for key in client.scan_iter(match=counters.LEDGER_PATTERN, count=1000)
+    )
+
+
+def drain_all(client: redis.Redis) -> int:
+    moved = 0
+    for tenant_id in ledger_tenants(client):
+        try:
+            moved += drain_tenant(client, tenant_id)
+        except LockBusy:
+            continue  # someone else is on it
+    return moved
+
+
+def week_usage(*, tenant_id: int, week: Week, include_uncounted: bool = False) -> tuple[int, int]:
+    """(tokens, nanos) the database holds for a tenant-week, net of staff resets.
+
+    Rows written straight to the database and not yet added to the counters are left out
+    unless asked for: reconciliation adds those to the counters (see reconcile).
+    """
+    rows = UsageRecord.objects.filter(tenant_id=tenant_id, week=week.id)
+    if not include_uncounted:
+        rows = rows.filter(counted=True)
+    totals = rows.aggregate(
+        input=Coalesce(Sum("input_tokens"), 0),
+        output=Coalesce(Sum("output_tokens"), 0),
+        cost=Coalesce(Sum("cost_usd"), Decimal(0)),
+    )
+    resets = WeekReset.objects.filter(tenant_id=tenant_id, week=week.id).aggregate(
+        tokens=Coalesce(Sum("tokens"), 0), cost=Coalesce(Sum("cost_usd"), Decimal(0))
+    )
+    tokens = totals["input"] + totals["output"] - resets["tokens"]
+    nanos = int((totals["cost"] - resets["cost"]) * NANOS)
+    return tokens, nanos
+
+
+def week_ttl(week: Week) -> int:
+    # Counters outlive their week by two more, for reports and late settlements.
+    return int((week.end - week.start).total_seconds()) + 14 * 86400
+
+
+def seed_week(client: redis.Redis, *, tenant_id: int, week: Week, force: bool = False) -> bool:
+    """Build a tenant-week's counters from the ledger (drained rows + entries still in Redis).
+
+    Without ``force`` this is a no-op when the week is live already (another process won);
+    ``force`` rebuilds it regardless (rebuild_counters, a staff reset).
+    """
+    keys = counters.keys_for(tenant_id, week.id)
+    with tenant_lock(client, tenant_id):
+        _drain_locked(client, tenant_id)
+        tokens, nanos = week_usage(tenant_id=tenant_id, week=week)
+        done = counters.sync_scripts(client).seed(
+            keys=[keys.week, keys.ledger],
+            args=[tokens, nanos, week.id, week_ttl(week), "1" if force else "0"],
+        )
+    return bool(done)
+
+
+def reconcile(client: redis.Redis) -> int:
+    """Add rows written straight to the database (Redis was down) to the live counters."""
+    from usage.weeks import week_starting
+
+    done = 0
+    pending = UsageRecord.objects.filter(counted=False).order_by("pk")[:_BATCH]
+    scripts = counters.sync_scripts(client)
+    for row in pending:
+        week = week_starting(datetime.fromisoformat(row.week).date())
+        keys = counters.keys_for(row.tenant_id, week.id)
+        with tenant_lock(client, row.tenant_id):
+            scripts.settle(
+                keys=[
+                    keys.week,
+                    keys.resv,
+                    keys.resv_amt,
+                    keys.resv_tot,
+                    keys.inflight,
+                    keys.done(row.request_id),
+                    keys.ledger,
+                ],
+                args=[
+                    row.request_id,
+                    row.total_tokens,
+                    int(row.cost_usd * NANOS),
+                    settings.PROXY_SETTLED_MARKER_TTL,
+                    week.id,
+                    "",  # no ledger entry: the row is the ledger
+                ],
+            )
+            UsageRecord.objects.filter(pk=row.pk).update(counted=True)
+        done += 1
+    return done

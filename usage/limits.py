@@ -1,0 +1,311 @@
+"""Admission and settlement on the hot path: weekly caps, rate limits, reservations.
+
+Before a request is forwarded, :func:`aadmit` runs one Lua script that checks concurrency,
+requests per minute and both weekly caps and, if all pass, reserves the request's worst
+case: its estimated prompt plus its completion allowance, in tokens and in cost. When the
+answer is over (completed, failed, or the client gone), :func:`asettle` releases the
+reservation and adds the actual usage, once per request id, in the same atomic step that
+appends the ledger entry. Since a reservation is an upper bound of what the request can
+use, the week's usage never exceeds a cap.
+
+Redis unreachable: caps fail closed (503 at once, nothing forwarded) unless the tier chose
+fail-open, which serves without rate limits and checks caps against the database ledger.
+A settlement that cannot reach Redis is written straight to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import Any
+
+import redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from routing.context import Route, TenantContext
+from routing.errors import ProxyError
+from usage import counters
+from usage.ledger import (
+    NANOS,
+    LockBusy,
+    drain_all,
+    drain_tenant,
+    reconcile,
+    record_to_json,
+    seed_week,
+    week_usage,
+)
+from usage.weeks import Week, week_of
+
+logger = logging.getLogger(__name__)
+
+_WINDOW_MS = 60_000
+_UNREACHABLE = (redis.RedisError, OSError, LockBusy)
+
+
+def to_nanos(usd: Decimal, *, ceiling: bool = False) -> int:
+    return int((usd * NANOS).to_integral_value(ROUND_CEILING if ceiling else ROUND_HALF_UP))
+
+
+@dataclass
+class Admission:
+    request_id: str
+    tenant_id: int
+    week: Week
+    headers: dict[str, str] = field(default_factory=dict)
+    # False when admitted while Redis was unreachable (fail-open): nothing is reserved.
+    reserved: bool = True
+
+
+def _headers(
+    context: TenantContext, week: Week, now: datetime, used: int, held: int, in_window: int
+) -> dict[str, str]:
+    limits = context.limits
+    headers = {}
+    if limits.requests_per_minute:
+        headers["x-ratelimit-limit-requests"] = str(limits.requests_per_minute)
+        headers["x-ratelimit-remaining-requests"] = str(
+            max(0, limits.requests_per_minute - in_window)
+        )
+    if limits.weekly_token_cap is not None:
+        headers["x-ratelimit-limit-tokens"] = str(limits.weekly_token_cap)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.weekly_token_cap - used - held))
+        headers["x-ratelimit-reset-tokens"] = f"{week.seconds_left(now)}s"
+    return headers
+
+
+def _refusal(kind: str, retry_after: int, headers: dict[str, str]) -> ProxyError:
+    headers = {**headers, "Retry-After": str(max(1, retry_after))}
+    if kind in ("tokens", "cost"):
+        what = "token" if kind == "tokens" else "cost"
+        return ProxyError(
+            429,
+            f"This tenant has used its weekly {what} allowance; it renews when the week resets.",
+            code="insufficient_quota",
+            type="insufficient_quota",
+            headers=headers,
+        )
+    what = "concurrent requests" if kind == "concurrency" else "requests per minute"
+    return ProxyError(
+        429,
+        f"Too many {what} for this tenant; retry after the Retry-After delay.",
+        code="rate_limit_exceeded",
+        type="requests",
+        headers=headers,
+    )
+
+
+def estimate(*, route: Route, body_bytes: int, max_tokens: int) -> tuple[int, int]:
+    """The worst case to reserve: (tokens, nano-dollars)."""
+    prompt = math.ceil(body_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
+    cost = route.cost(input_tokens=prompt, output_tokens=max_tokens)
+    return prompt + max_tokens, to_nanos(cost, ceiling=True)
+
+
+async def aadmit(
+    *,
+    context: TenantContext,
+    request_id: str,
+    tokens: int,
+    nanos: int,
+    now: datetime,
+) -> Admission:
+    """Admit and reserve, or raise ProxyError (429 over a limit, 503 store unreachable)."""
+    limits = context.limits
+    week = week_of(now)
+    keys = counters.keys_for(context.tenant_id, week.id)
+    cap_nanos = -1 if limits.weekly_cost_cap_usd is None else to_nanos(limits.weekly_cost_cap_usd)
+    ttl_ms = settings.PROXY_RESERVATION_TTL * 1000
+    args = [
+        int(now.timestamp() * 1000),
+        request_id,
+        tokens,
+        nanos,
+        -1 if limits.weekly_token_cap is None else limits.weekly_token_cap,
+        cap_nanos,
+        limits.requests_per_minute,
+        limits.max_concurrent_requests,
+        ttl_ms,
+        ttl_ms,
+        _WINDOW_MS,
+        "1",
+    ]
+    script_keys = [keys.week, keys.resv, keys.resv_amt, keys.resv_tot, keys.inflight, keys.rpm]
+    try:
+        scripts = counters.async_scripts(counters.async_client())
+        result = await scripts.admit(keys=script_keys, args=args)
+        if result[0] == b"seed":
+            # First request of the week, or Redis lost the counters: rebuild from the ledger.
+            await sync_to_async(_seed)(context.tenant_id, week)
+            result = await scripts.admit(keys=script_keys, args=args)
+    except _UNREACHABLE as exc:
+        return await _admit_degraded(
+            context=context, request_id=request_id, tokens=tokens, nanos=nanos, now=now, exc=exc
+        )
+
+    outcome = result[0].decode()
+    if outcome == "ok":
+        used, held, in_window = int(result[1]), int(result[2]), int(result[3])
+        return Admission(
+            request_id=request_id,
+            tenant_id=context.tenant_id,
+            week=week,
+            headers=_headers(context, week, now, used, held, in_window),
+        )
+    if outcome in ("tokens", "cost"):
+        used = int(result[1]) if outcome == "tokens" else 0
+        held = int(result[2]) if outcome == "tokens" else 0
+        headers = _headers(context, week, now, used, held, int(result[3]))
+        raise _refusal(outcome, week.seconds_left(now), headers)
+    headers = _headers(context, week, now, 0, 0, int(result[2]))
+    raise _refusal(outcome, math.ceil(int(result[1]) / 1000), headers)
+
+
+def _seed(tenant_id: int, week: Week) -> None:
+    seed_week(counters.sync_client(), tenant_id=tenant_id, week=week)
+
+
+async def _admit_degraded(
+    *,
+    context: TenantContext,
+    request_id: str,
+    tokens: int,
+    nanos: int,
+    now: datetime,
+    exc: BaseException,
+) -> Admission:
+    limits = context.limits
+    if not limits.rate_limits_fail_open:
+        logger.error("counter store unreachable (%s): refusing %s", type(exc).__name__, request_id)
+        raise ProxyError(
+            503,
+            "Usage limits cannot be checked right now; nothing was sent to the provider. "
+            "Retry shortly.",
+            code="limits_unavailable",
+            type="service_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    logger.error(
+        "counter store unreachable (%s): FAIL-OPEN admission of %s for tenant %s without "
+        "rate limits; caps checked against the database ledger",
+        type(exc).__name__,
+        request_id,
+        context.slug,
+    )
+    week = week_of(now)
+    used_tokens, used_nanos = await sync_to_async(week_usage)(
+        tenant_id=context.tenant_id, week=week, include_uncounted=True
+    )
+    cap_tokens, cap_cost = limits.weekly_token_cap, limits.weekly_cost_cap_usd
+    if cap_tokens is not None and used_tokens + tokens > cap_tokens:
+        raise _refusal("tokens", week.seconds_left(now), {})
+    if cap_cost is not None and used_nanos + nanos > to_nanos(cap_cost):
+        raise _refusal("cost", week.seconds_left(now), {})
+    return Admission(request_id=request_id, tenant_id=context.tenant_id, week=week, reserved=False)
+
+
+async def asettle(admission: Admission, record: dict[str, Any]) -> None:
+    """Release the reservation and bill the actual usage, once; never raises for Redis."""
+    tokens = record["input_tokens"] + record["output_tokens"]
+    keys = counters.keys_for(admission.tenant_id, admission.week.id)
+    try:
+        scripts = counters.async_scripts(counters.async_client())
+        await scripts.settle(
+            keys=[
+                keys.week,
+                keys.resv,
+                keys.resv_amt,
+                keys.resv_tot,
+                keys.inflight,
+                keys.done(admission.request_id),
+                keys.ledger,
+            ],
+            args=[
+                admission.request_id,
+                tokens,
+                record["cost_nanos"],
+                settings.PROXY_SETTLED_MARKER_TTL,
+                admission.week.id,
+                record_to_json(record),
+            ],
+        )
+    except _UNREACHABLE as exc:
+        logger.error(
+            "counter store unreachable (%s) at settlement of %s: writing the ledger row "
+            "directly; it joins the counters when Redis is back",
+            type(exc).__name__,
+            admission.request_id,
+        )
+        await _write_direct(record)
+        return
+    _drainer.note(admission.tenant_id)
+
+
+async def _write_direct(record: dict[str, Any]) -> None:
+    from django.db import IntegrityError
+
+    from usage.ledger import record_row
+
+    row = record_row(record)
+    row.counted = False
+    try:
+        await row.asave(force_insert=True)
+    except IntegrityError:
+        logger.warning("usage for %s was already recorded", record["request_id"])
+
+
+class _Drainer:
+    """Moves this process's settled usage into the database, off the response path.
+
+    Every proxy process runs one (PROXY_LEDGER_WORKER); `manage.py usage_worker` is the
+    same loop as a process of its own. A full scan now and then picks up what crashed or
+    stopped processes left behind, and rows written while Redis was down.
+    """
+
+    def __init__(self) -> None:
+        self.pending: set[int] = set()
+        self.tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+    def note(self, tenant_id: int) -> None:
+        self.pending.add(tenant_id)
+        if not settings.PROXY_LEDGER_WORKER:
+            return
+        loop = asyncio.get_running_loop()
+        task = self.tasks.get(loop)
+        if task is None or task.done():
+            self.tasks[loop] = loop.create_task(self._run(), name="usage-ledger-drainer")
+
+    async def _run(self) -> None:
+        last_scan = 0.0
+        while True:
+            await asyncio.sleep(settings.PROXY_LEDGER_DRAIN_INTERVAL)
+            full = time.monotonic() - last_scan > 30
+            tenants, self.pending = self.pending, set()
+            try:
+                await sync_to_async(_drain_once)(tenants, full)
+                if full:
+                    last_scan = time.monotonic()
+            except Exception:
+                logger.exception("draining the usage ledger failed; will retry")
+                self.pending |= tenants
+
+
+def _drain_once(tenants: set[int], full: bool) -> None:
+    client = counters.sync_client()
+    for tenant_id in tenants:
+        try:
+            drain_tenant(client, tenant_id)
+        except LockBusy:
+            continue  # another process holds it: it is draining this tenant right now
+    if full:
+        drain_all(client)
+        reconcile(client)
+
+
+_drainer = _Drainer()
