@@ -391,6 +391,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "proxy_site.context_processors.environment",
             ],
         },
     },

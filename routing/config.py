@@ -47,6 +47,7 @@ _TIER_FIELDS = {
     "requests_per_minute": int,
     "max_concurrent_requests": int,
     "default_max_tokens": int,
+    "rate_limits_fail_open": bool,
 }
 _PROVIDER_FIELDS = {
     "kind": str,
@@ -64,6 +65,7 @@ _TIER_DEFAULTS: dict[str, Any] = {
     "requests_per_minute": 60,
     "max_concurrent_requests": 4,
     "default_max_tokens": 4096,
+    "rate_limits_fail_open": False,
 }
 _PROVIDER_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 5.0,

@@ -30,6 +30,7 @@ def tier_create(
     requests_per_minute: int = 60,
     max_concurrent_requests: int = 4,
     default_max_tokens: int = 4096,
+    rate_limits_fail_open: bool = False,
 ) -> Tier:
     tier = Tier(
         slug=slug,
@@ -39,6 +40,7 @@ def tier_create(
         requests_per_minute=requests_per_minute,
         max_concurrent_requests=max_concurrent_requests,
         default_max_tokens=default_max_tokens,
+        rate_limits_fail_open=rate_limits_fail_open,
     )
     tier.full_clean()
     tier.save()

@@ -7,6 +7,7 @@ official SDKs. The only fake is the upstream provider: the project's own mock pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -23,8 +24,9 @@ from typing import Any, TypeVar
 import httpx
 import jwt
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from proxy_site.jwtkeys import generate_signing_jwk, public_jwk
 from routing.models import Provider, ProviderKey
@@ -115,6 +117,14 @@ def claims_for(tenant: Tenant, **overrides: Any) -> dict[str, Any]:
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_executor_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Close what async tests opened in asgiref's sync thread, so the test database can go."""
+    yield
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
 
 
 # --- the mock provider and the live proxy --------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from usage.models import UsageRecord
+from usage.models import UsageRecord, WeekReset
 
 
 @admin.register(UsageRecord)
@@ -26,6 +26,24 @@ class UsageRecordAdmin(admin.ModelAdmin):
     search_fields = ("request_id", "tenant__slug", "model")
     date_hierarchy = "created_at"
     list_select_related = ("tenant",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(WeekReset)
+class WeekResetAdmin(admin.ModelAdmin):
+    """The audit trail of forgiven weeks (made with the tenant admin's reset action)."""
+
+    list_display = ("created_at", "tenant", "week", "tokens", "cost_usd", "created_by")
+    list_filter = ("week",)
+    search_fields = ("tenant__slug",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

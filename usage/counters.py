@@ -15,6 +15,10 @@ Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot
                                   rebuilt from it, so the two never count an entry twice
     lp:config:generation   string bumped when tenants, tiers or routes change
 
+Lua pitfalls minded here: "-0" is not an integer to HINCRBY (so amounts are subtracted as
+``0 - x``), and Lua prints large numbers in exponent form (so amounts are stored as the
+argument strings the app sent, never re-formatted).
+
 Money is counted in nano-dollars (integers, exact in Lua's doubles up to $9M a tenant-week);
 the ledger stores the same amount, so ledger and counter agree to the last digit.
 
@@ -108,8 +112,8 @@ for _, id in ipairs(expired) do
   local amount = redis.call('HGET', resv_amt, id)
   if amount then
     local sep = string.find(amount, '|', 1, true)
-    redis.call('HINCRBY', resv_tot, 'tokens', -tonumber(string.sub(amount, 1, sep - 1)))
-    redis.call('HINCRBY', resv_tot, 'nanos', -tonumber(string.sub(amount, sep + 1)))
+    redis.call('HINCRBY', resv_tot, 'tokens', 0 - tonumber(string.sub(amount, 1, sep - 1)))
+    redis.call('HINCRBY', resv_tot, 'nanos', 0 - tonumber(string.sub(amount, sep + 1)))
     redis.call('HDEL', resv_amt, id)
   end
 end
@@ -148,7 +152,7 @@ redis.call('ZADD', rpm, now, rid)
 redis.call('PEXPIRE', rpm, window)
 redis.call('ZADD', resv, now + resv_ttl, rid)
 redis.call('PEXPIRE', resv, resv_ttl)
-redis.call('HSET', resv_amt, rid, est_tokens .. '|' .. est_nanos)
+redis.call('HSET', resv_amt, rid, ARGV[3] .. '|' .. ARGV[4])
 redis.call('PEXPIRE', resv_amt, resv_ttl)
 redis.call('HINCRBY', resv_tot, 'tokens', est_tokens)
 redis.call('HINCRBY', resv_tot, 'nanos', est_nanos)
@@ -172,8 +176,8 @@ end
 local amount = redis.call('HGET', resv_amt, rid)
 if amount then
   local sep = string.find(amount, '|', 1, true)
-  redis.call('HINCRBY', resv_tot, 'tokens', -tonumber(string.sub(amount, 1, sep - 1)))
-  redis.call('HINCRBY', resv_tot, 'nanos', -tonumber(string.sub(amount, sep + 1)))
+  redis.call('HINCRBY', resv_tot, 'tokens', 0 - tonumber(string.sub(amount, 1, sep - 1)))
+  redis.call('HINCRBY', resv_tot, 'nanos', 0 - tonumber(string.sub(amount, sep + 1)))
   redis.call('HDEL', resv_amt, rid)
 end
 redis.call('ZREM', resv, rid)

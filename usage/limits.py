@@ -237,10 +237,11 @@ async def asettle(admission: Admission, record: dict[str, Any]) -> None:
         )
     except _UNREACHABLE as exc:
         logger.error(
-            "counter store unreachable (%s) at settlement of %s: writing the ledger row "
+            "counter store unreachable (%r) at settlement of %s: writing the ledger row "
             "directly; it joins the counters when Redis is back",
-            type(exc).__name__,
+            exc,
             admission.request_id,
+            exc_info=True,
         )
         await _write_direct(record)
         return
