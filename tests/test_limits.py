@@ -101,7 +101,7 @@ async def settle(
 def used(tenant_id: int, now: datetime = NOON) -> tuple[int, int]:
     client = counters.sync_client()
     keys = counters.keys_for(tenant_id, week_of(now).id)
-    tokens, nanos = client.hmget(keys.week, ["used_tokens", "used_nanos"])
+    tokens = client.hget(keys.week, "used_tokens")
     held = client.hget(keys.resv_tot, "tokens")
     return int(tokens or 0), int(held or 0)
 
