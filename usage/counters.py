@@ -13,7 +13,7 @@ Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot
     lp:{t:7}:ledger:dead   stream entries that could not be stored (their tenant was deleted)
     lp:{t:7}:lock          string held while the ledger moves to the database or the week is
                                   rebuilt from it, so the two never count an entry twice
-    lp:config:generation   string bumped when tenants, tiers or routes change
+    lp:config:generation   string set anew when tenants, tiers or routes change
 
 Lua pitfalls minded here: "-0" is not an integer to HINCRBY (so amounts are subtracted as
 ``0 - x``), and Lua prints large numbers in exponent form (so amounts are stored as the
@@ -30,6 +30,7 @@ talk to one in-process fakeredis server that runs the same Lua scripts.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from dataclasses import dataclass
 from functools import cache
@@ -38,6 +39,8 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 CONFIG_GENERATION_KEY = "lp:config:generation"
 
@@ -255,6 +258,10 @@ def async_client() -> aredis.Redis:
                 socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
                 max_connections=settings.REDIS_MAX_CONNECTIONS,
                 health_check_interval=30,
+                # One immediate retry: a pooled connection that died with a Redis restart is
+                # replaced at once, and a Redis that is really down still fails well within
+                # a second (two short timeouts at most), never after exponential backoff.
+                retry=AsyncRetry(NoBackoff(), 1),
             )
         else:
             import fakeredis
@@ -280,7 +287,9 @@ def sync_client() -> redis.Redis:
 def bump_config_generation() -> None:
     """Tell every proxy process that tenants, tiers or routes changed (best effort)."""
     try:
-        sync_client().incr(CONFIG_GENERATION_KEY)
+        # A fresh random value, not INCR: a counter restarted by a flush could repeat a
+        # value a process has already seen, and the change would go unnoticed.
+        sync_client().set(CONFIG_GENERATION_KEY, uuid.uuid4().hex)
     except redis.RedisError:
         pass  # the context TTL still bounds how long a process serves the old view
 

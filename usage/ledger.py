@@ -186,14 +186,16 @@ def week_ttl(week: Week) -> int:
     return int((week.end - week.start).total_seconds()) + 14 * 86400
 
 
-def seed_week(client: redis.Redis, *, tenant_id: int, week: Week, force: bool = False) -> bool:
+def seed_week(
+    client: redis.Redis, *, tenant_id: int, week: Week, force: bool = False, lock_wait: float = 5.0
+) -> bool:
     """Build a tenant-week's counters from the ledger (drained rows + entries still in Redis).
 
     Without ``force`` this is a no-op when the week is live already (another process won);
     ``force`` rebuilds it regardless (rebuild_counters, a staff reset).
     """
     keys = counters.keys_for(tenant_id, week.id)
-    with tenant_lock(client, tenant_id):
+    with tenant_lock(client, tenant_id, wait=lock_wait):
         _drain_locked(client, tenant_id)
         tokens, nanos = week_usage(tenant_id=tenant_id, week=week)
         done = counters.sync_scripts(client).seed(

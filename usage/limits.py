@@ -142,7 +142,7 @@ async def aadmit(
         result = await scripts.admit(keys=script_keys, args=args)
         if result[0] == b"seed":
             # First request of the week, or Redis lost the counters: rebuild from the ledger.
-            await sync_to_async(_seed)(context.tenant_id, week)
+            await _seeder.aseed(context.tenant_id, week)
             result = await scripts.admit(keys=script_keys, args=args)
     except _UNREACHABLE as exc:
         return await _admit_degraded(
@@ -167,8 +167,46 @@ async def aadmit(
     raise _refusal(outcome, math.ceil(int(result[1]) / 1000), headers)
 
 
+class _Seeder:
+    """One rebuild per tenant-week at a time in this process; the others wait for it.
+
+    A new week starts with every tenant's counters unseeded, so a burst of first requests
+    would otherwise all go to the database at once.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[int, str], asyncio.Future[None]] = {}
+
+    async def aseed(self, tenant_id: int, week: Week) -> None:
+        key = (tenant_id, week.id)
+        pending = self.pending.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending[key] = future
+        try:
+            await sync_to_async(_seed)(tenant_id, week)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(None)
+        finally:
+            del self.pending[key]
+
+
 def _seed(tenant_id: int, week: Week) -> None:
-    seed_week(counters.sync_client(), tenant_id=tenant_id, week=week)
+    client = counters.sync_client()
+    if client.hget(counters.keys_for(tenant_id, week.id).week, "seeded") == b"1":
+        return  # another process got there first
+    # Another process may hold the tenant's lock for a while under a burst: wait for it
+    # rather than refuse (a busy lock is not an unreachable Redis).
+    seed_week(client, tenant_id=tenant_id, week=week, lock_wait=10.0)
+
+
+_seeder = _Seeder()
 
 
 async def _admit_degraded(
