@@ -313,6 +313,8 @@ else:
 
 PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
+# The most tokens one request may reserve (prompt estimate + completion allowance).
+PROXY_MAX_REQUEST_TOKENS = env_int("PROXY_MAX_REQUEST_TOKENS", 2_000_000, minimum=1000)
 # How long a process trusts its cached view of a tenant (tier, routes, keys) before reading
 # the database again. Changes made through Django clear it at once in their own process and
 # within PROXY_CONTEXT_POLL in every other one (through Redis); the TTL is the backstop.
@@ -322,6 +324,12 @@ PROXY_CONTEXT_POLL = env_float("PROXY_CONTEXT_POLL", 0.5, minimum=0.0)
 PROXY_DEFAULT_MAX_TOKENS = env_int("PROXY_DEFAULT_MAX_TOKENS", 4096, minimum=1)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
+# A stream whose provider has not started answering after this many seconds is opened to the
+# client anyway, with `: keep-alive` comments every as many seconds, so that clients and load
+# balancers with idle timeouts do not drop it while a slow model thinks.
+PROXY_STREAM_KEEPALIVE = env_float("PROXY_STREAM_KEEPALIVE", 5.0, minimum=0.1)
+# A pooled key that got a 429 without a usable Retry-After rests this long.
+PROXY_KEY_COOLDOWN = env_float("PROXY_KEY_COOLDOWN", 30.0, minimum=1.0)
 
 # Usage weeks: ISO weeks in UTC unless told otherwise.
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

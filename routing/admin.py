@@ -11,7 +11,16 @@ from routing.models import ModelRoute, Provider, ProviderKey
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
-    list_display = ("slug", "kind", "base_url", "enabled", "connect_timeout", "read_timeout")
+    list_display = (
+        "slug",
+        "kind",
+        "base_url",
+        "enabled",
+        "connect_timeout",
+        "first_byte_timeout",
+        "idle_timeout",
+        "total_timeout",
+    )
     list_filter = ("kind", "enabled")
     search_fields = ("slug", "base_url")
     readonly_fields = ("created_at", "updated_at")

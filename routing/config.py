@@ -53,7 +53,9 @@ _PROVIDER_FIELDS = {
     "kind": str,
     "base_url": str,
     "connect_timeout": float,
-    "read_timeout": float,
+    "first_byte_timeout": float,
+    "idle_timeout": float,
+    "total_timeout": float,
     "enabled": bool,
 }
 # A field a tier or provider table leaves out goes back to its default, so deleting a line
@@ -69,7 +71,9 @@ _TIER_DEFAULTS: dict[str, Any] = {
 }
 _PROVIDER_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 5.0,
-    "read_timeout": 120.0,
+    "first_byte_timeout": 60.0,
+    "idle_timeout": 60.0,
+    "total_timeout": 600.0,
     "enabled": True,
 }
 _KEY_FIELDS = {"label": str, "env": str, "weight": int, "enabled": bool}

@@ -44,7 +44,9 @@ class Upstream:
     kind: str
     base_url: str
     connect_timeout: float
-    read_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
+    total_timeout: float
     keys: tuple[PooledKey, ...]
 
 
@@ -127,7 +129,9 @@ def _load(slug: str) -> TenantContext | None:
             kind=p.kind,
             base_url=p.base_url.rstrip("/"),
             connect_timeout=p.connect_timeout,
-            read_timeout=p.read_timeout,
+            first_byte_timeout=p.first_byte_timeout,
+            idle_timeout=p.idle_timeout,
+            total_timeout=p.total_timeout,
             keys=keys,
         )
         routes[row.model].append(

@@ -18,11 +18,23 @@ class Provider(models.Model):
     base_url = models.URLField(
         help_text="As each SDK expects it: https://api.moonshot.ai/v1, https://api.anthropic.com"
     )
-    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
-    read_timeout = models.FloatField(
-        default=120.0,
+    connect_timeout = models.FloatField(
+        default=5.0, validators=[MinValueValidator(0.1)], help_text="Seconds to connect."
+    )
+    first_byte_timeout = models.FloatField(
+        default=60.0,
         validators=[MinValueValidator(0.1)],
-        help_text="Seconds to wait for each read from the provider, first byte included.",
+        help_text="Seconds from sending the request to the provider's answer starting.",
+    )
+    idle_timeout = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.1)],
+        help_text="Seconds a started answer may go without new content before it is cut.",
+    )
+    total_timeout = models.FloatField(
+        default=600.0,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds for the whole request, failover attempts and streaming included.",
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -44,6 +56,13 @@ class ProviderKey(models.Model):
     last4 = models.CharField(max_length=4, editable=False)
     weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Set when the proxy disabled the key itself (the provider refused it).",
+    )
+    last_error = models.CharField(max_length=300, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -17,14 +17,18 @@ def provider_create(
     kind: str,
     base_url: str,
     connect_timeout: float = 5.0,
-    read_timeout: float = 120.0,
+    first_byte_timeout: float = 60.0,
+    idle_timeout: float = 60.0,
+    total_timeout: float = 600.0,
 ) -> Provider:
     provider = Provider(
         slug=slug,
         kind=kind,
         base_url=base_url,
         connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+        first_byte_timeout=first_byte_timeout,
+        idle_timeout=idle_timeout,
+        total_timeout=total_timeout,
     )
     provider.full_clean()
     provider.save()

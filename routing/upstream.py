@@ -1,27 +1,81 @@
-"""Sending one request to a provider and turning transport failures into ProxyErrors."""
+"""Opening a provider's answer, with failover before the first byte.
+
+Attempts go to a healthy pooled key of the first route; a key the provider rate-limits (429)
+rests and one it refuses (401/403) is switched off, and the next key is tried; a provider
+that fails (5xx) gets one more key, then the next route by priority takes over, as does a
+connection refused or a provider too slow to start. All of it within the first route's total
+deadline, and never once a byte of an answer has reached the client: this module only opens
+answers; relaying them is the view's.
+"""
 
 from __future__ import annotations
 
-import random
+import asyncio
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from django.conf import settings
 
-from routing.adapters import Adapter
+from routing.adapters import Adapter, adapter_for
 from routing.adapters.base import upstream_error
 from routing.context import PooledKey, Route
 from routing.errors import ProxyError
-from routing.http import timeout_for, upstream_client
+from routing.health import key_health
+from routing.http import upstream_client
+from routing.schema import ChatRequest
 
 # An error body is read for its message only; a provider that answers an error with
 # megabytes is cut here.
 _MAX_ERROR_BODY = 64 * 1024
 
 
-def choose_key(keys: tuple[PooledKey, ...]) -> PooledKey:
-    if len(keys) == 1:
-        return keys[0]
-    return random.choices(keys, weights=[k.weight for k in keys])[0]
+class UpstreamError(ProxyError):
+    """A provider's failure, with what failover needs to know about it."""
+
+    def __init__(
+        self,
+        error: ProxyError,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            error.status,
+            error.message,
+            code=error.code,
+            type=error.type,
+            headers=error.headers,
+            transient=error.transient,
+        )
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+@dataclass
+class Attempt:
+    """Where a request went last: what the bill names."""
+
+    route: Route
+    key: PooledKey
+    count: int = 0
+
+
+@dataclass
+class Opened:
+    response: httpx.Response
+    adapter: Adapter
+    route: Route
+    key: PooledKey
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 < seconds <= 3600 else None
 
 
 async def _read_error_body(response: httpx.Response) -> bytes:
@@ -33,7 +87,7 @@ async def _read_error_body(response: httpx.Response) -> bytes:
     return body[:_MAX_ERROR_BODY]
 
 
-async def asend(
+async def asend_once(
     *,
     adapter: Adapter,
     route: Route,
@@ -41,26 +95,37 @@ async def asend(
     url: str,
     payload: dict[str, Any],
     headers: dict[str, str],
+    deadline: float,
 ) -> httpx.Response:
-    """Open the provider's response (headers read, body not yet) or raise ProxyError."""
+    """One attempt: the provider's answer with its headers read, or UpstreamError."""
     client = upstream_client()
     provider = route.provider
-    request = client.build_request(
-        "POST",
-        url,
-        json=payload,
-        headers=headers,
-        timeout=timeout_for(connect=provider.connect_timeout, read=provider.read_timeout),
+    timeout = httpx.Timeout(
+        connect=provider.connect_timeout,
+        read=provider.idle_timeout,
+        write=provider.idle_timeout,
+        pool=provider.connect_timeout,
     )
+    request = client.build_request("POST", url, json=payload, headers=headers, timeout=timeout)
+    loop = asyncio.get_running_loop()
+    first_byte_by = min(deadline, time.monotonic() + provider.first_byte_timeout)
     try:
-        response = await client.send(request, auth=key.auth, stream=True)
-    except httpx.TimeoutException:
-        raise ProxyError(
-            504, "The provider did not answer in time.", code="upstream_timeout", transient=True
+        async with asyncio.timeout_at(loop.time() + (first_byte_by - time.monotonic())):
+            response = await client.send(request, auth=key.auth, stream=True)
+    except (TimeoutError, httpx.TimeoutException):
+        raise UpstreamError(
+            ProxyError(
+                504, "The provider did not answer in time.", code="upstream_timeout", transient=True
+            )
         ) from None
     except httpx.HTTPError:
-        raise ProxyError(
-            502, "The provider could not be reached.", code="upstream_unreachable", transient=True
+        raise UpstreamError(
+            ProxyError(
+                502,
+                "The provider could not be reached.",
+                code="upstream_unreachable",
+                transient=True,
+            )
         ) from None
     if response.status_code < 400:
         return response
@@ -71,9 +136,95 @@ async def asend(
     finally:
         await response.aclose()
     message = adapter.error_message(raw)
-    raise upstream_error(
-        status=response.status_code,
-        # A provider may echo the key it was sent in its error text: never pass that on.
-        message=key.auth.scrub(message)[:500] if message else None,
-        retry_after=response.headers.get("retry-after"),
+    retry_after = response.headers.get("retry-after")
+    raise UpstreamError(
+        upstream_error(
+            status=response.status_code,
+            # A provider may echo the key it was sent in its error text: never pass that on.
+            message=key.auth.scrub(message)[:500] if message else None,
+            retry_after=retry_after,
+        ),
+        upstream_status=response.status_code,
+        retry_after=_retry_after(retry_after),
     )
+
+
+async def aopen(
+    *,
+    chat: ChatRequest,
+    routes: tuple[Route, ...],
+    max_tokens: int,
+    attempt: Attempt,
+    deadline: float,
+) -> Opened:
+    """Open an answer from the first route and key that gives one, or raise ProxyError."""
+    await key_health.arefresh()
+    refusal: ProxyError | None = None  # a route that could not take the request at all
+    failure: UpstreamError | None = None  # the last provider failure
+    for route in routes:
+        adapter = adapter_for(route.provider.kind)
+        try:
+            url, payload, headers = adapter.build(route=route, chat=chat, max_tokens=max_tokens)
+        except ProxyError as error:
+            # This route's provider cannot take the request (say, tools on Anthropic); a
+            # fallback may. If none can, the client hears why from the first.
+            refusal = refusal or error
+            continue
+        tried: set[int] = set()
+        server_errors = 0
+        while (key := key_health.choose(route.provider.keys, exclude=tried)) is not None:
+            if time.monotonic() >= deadline:
+                raise ProxyError(
+                    504, "The provider did not answer in time.", code="upstream_timeout"
+                )
+            tried.add(key.id)
+            attempt.route, attempt.key = route, key
+            attempt.count += 1
+            try:
+                response = await asend_once(
+                    adapter=adapter,
+                    route=route,
+                    key=key,
+                    url=url,
+                    payload=payload,
+                    headers=headers,
+                    deadline=deadline,
+                )
+            except UpstreamError as error:
+                failure = error
+                status = error.upstream_status
+                if status == 429:
+                    seconds = error.retry_after or settings.PROXY_KEY_COOLDOWN
+                    await key_health.arest(
+                        key, seconds=seconds, error=f"429 from the provider; resting {seconds:.0f}s"
+                    )
+                    continue
+                if status in (401, 403):
+                    await key_health.aswitch_off(
+                        key, error=f"{status} from the provider: key refused"
+                    )
+                    continue
+                if status is not None and status >= 500 and server_errors == 0:
+                    server_errors += 1
+                    continue  # once more on another key, then the next route
+                if not error.transient and status != 404:
+                    raise  # the request itself is wrong: no other provider will like it better
+                break  # unreachable, too slow, failing, or not knowing the model: next route
+            return Opened(response=response, adapter=adapter, route=route, key=key)
+    if failure is not None:
+        raise failure
+    if refusal is not None:
+        raise refusal
+    wait = min(
+        (w for r in routes if (w := key_health.seconds_until_usable(r.provider.keys)) is not None),
+        default=None,
+    )
+    if wait is not None:
+        raise ProxyError(
+            429,
+            "Every provider key for this model is resting after rate limits; retry shortly.",
+            code="upstream_rate_limited",
+            type="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
+    raise ProxyError(503, "No provider key is available for this model.", code="no_provider_key")

@@ -1,7 +1,7 @@
 """The proxy's hot path, top to bottom.
 
-    authenticate (JWT, cached tenant context) -> validate the body -> resolve the route
-    -> choose a pooled key -> admit (caps, rate limits, reserve) -> forward
+    authenticate (JWT, cached tenant context) -> validate the body -> resolve the routes
+    -> admit (caps, rate limits, reserve) -> open an answer (healthy key, failover)
     -> answer (JSON) or relay (SSE) -> settle the bill (exactly once, whatever happens)
 
 Everything here is async and makes no blocking call: the tenant context comes from an
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,18 +25,20 @@ from django.http.response import HttpResponseBase
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from routing.adapters import StreamTranslator, adapter_for
 from routing.adapters.base import sse_data
+from routing.context import Route
 from routing.errors import ProxyError, error_body, error_response
-from routing.schema import parse_chat_request
+from routing.schema import ChatRequest, parse_chat_request
 from routing.sse import SSEParser
-from routing.upstream import asend, choose_key
+from routing.upstream import Attempt, Opened, aopen
 from tenants.auth import aauthenticate
 from usage.limits import aadmit, estimate
 from usage.metering import Meter
 from usage.models import UsageRecord
 
 logger = logging.getLogger(__name__)
+
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def _new_request_id() -> str:
@@ -73,101 +76,178 @@ async def _chat_completions(
             code="model_not_found",
             param="model",
         )
-    route = routes[0]
-    key = choose_key(route.provider.keys)
-    adapter = adapter_for(route.provider.kind)
     max_tokens = chat.max_tokens or context.limits.default_max_tokens
-    # Built before admission: a request the adapter refuses reserves nothing.
-    url, payload, extra_headers = adapter.build(route=route, chat=chat, max_tokens=max_tokens)
-
-    tokens, nanos = estimate(route=route, body_bytes=len(raw), max_tokens=max_tokens)
+    tokens, nanos = estimate(routes=routes, body_bytes=len(raw), max_tokens=max_tokens)
+    if tokens > settings.PROXY_MAX_REQUEST_TOKENS:
+        raise ProxyError(
+            400,
+            f"This request could use up to {tokens} tokens, more than the proxy's limit of "
+            f"{settings.PROXY_MAX_REQUEST_TOKENS}; lower max_tokens or shorten the prompt.",
+            code="request_too_large",
+        )
     admission = await aadmit(
         context=context, request_id=request_id, tokens=tokens, nanos=nanos, now=timezone.now()
     )
     headers.update(admission.headers)
-    logger.debug(
-        "%s: %s %s -> %s/%s with key %s",
-        request_id,
-        context.slug,
-        chat.model,
-        route.provider.slug,
-        route.upstream_model,
-        key.label,
-    )
+
+    attempt = Attempt(route=routes[0], key=routes[0].provider.keys[0])
     meter = Meter(
         admission=admission,
         context=context,
-        route=route,
-        key=key,
+        attempt=attempt,
         stream=chat.stream,
         prompt_estimate=tokens - max_tokens,
     )
+    deadline = time.monotonic() + routes[0].provider.total_timeout
+    opening = asyncio.ensure_future(
+        aopen(chat=chat, routes=routes, max_tokens=max_tokens, attempt=attempt, deadline=deadline)
+    )
     try:
-        upstream = await asend(
-            adapter=adapter, route=route, key=key, url=url, payload=payload, headers=extra_headers
-        )
+        if chat.stream:
+            # A slow provider does not keep the client waiting in silence: after a while the
+            # stream opens anyway and keep-alive comments hold it until the answer starts.
+            done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
+            if not done:
+                return _event_stream(_relay_when_open(opening, chat, meter, deadline))
+        opened = await opening
     except ProxyError as error:
-        status = UsageRecord.Status.UPSTREAM_ERROR
-        if error.status == 504:
-            status = UsageRecord.Status.UPSTREAM_TIMEOUT
-        meter.failed(status=status, http_status=error.status)
-        await meter.asettle()
+        meter.failed(status=_status_of(error), http_status=error.status)
+        await asyncio.shield(meter.asettle())
         raise
     except asyncio.CancelledError:
+        opening.cancel()
         meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
         await asyncio.shield(meter.asettle())
         raise
-
-    if not chat.stream:
-        try:
-            body = await upstream.aread()
-            content, meter.usage = adapter.completion(route=route, raw=body)
-        except httpx.HTTPError:
-            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=502)
-            raise ProxyError(502, "The answer broke off.", code="upstream_error") from None
-        except ProxyError as error:
-            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=error.status)
-            raise
-        except asyncio.CancelledError:
-            meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
-            raise
-        finally:
-            await upstream.aclose()
-            await asyncio.shield(meter.asettle())
-        return HttpResponse(content, content_type="application/json")
-
-    response = StreamingHttpResponse(
-        _relay(upstream, adapter.stream(route=route, chat=chat), meter),
-        content_type="text/event-stream; charset=utf-8",
+    logger.debug(
+        "%s: %s %s -> %s/%s with key %s after %d attempt(s)",
+        request_id,
+        context.slug,
+        chat.model,
+        opened.route.provider.slug,
+        opened.route.upstream_model,
+        opened.key.label,
+        attempt.count,
     )
+    if chat.stream:
+        return _event_stream(_relay(opened, chat, meter, deadline))
+    return await _complete(opened, meter, deadline)
+
+
+def _status_of(error: ProxyError) -> str:
+    if error.status == 504:
+        return UsageRecord.Status.UPSTREAM_TIMEOUT
+    return UsageRecord.Status.UPSTREAM_ERROR
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
 
 
-async def _relay(
-    upstream: httpx.Response, translator: StreamTranslator, meter: Meter
-) -> AsyncIterator[bytes]:
-    """Pass each provider event on the moment it arrives; settle whatever happens."""
-    parser = SSEParser()
+async def _complete(opened: Opened, meter: Meter, deadline: float) -> HttpResponse:
+    """A non-streamed answer: read it within the deadline, translate it, bill it."""
+    loop = asyncio.get_running_loop()
     try:
-        try:
-            async for chunk in upstream.aiter_bytes():
-                out = b"".join(translator.feed(event) for event in parser.feed(chunk))
-                if out:
-                    yield out
-        except httpx.HTTPError:
-            pass  # the provider broke off: reported to the client just below
-        if not translator.complete:
-            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=502)
-            error = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
-            # OpenAI's own mid-stream failure shape: an error event, and no [DONE].
-            yield sse_data(error_body(error))
+        async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
+            body = await opened.response.aread()
+        content, meter.usage = opened.adapter.completion(route=opened.route, raw=body)
+    except (TimeoutError, httpx.TimeoutException):
+        meter.failed(status=UsageRecord.Status.UPSTREAM_TIMEOUT, http_status=504)
+        raise ProxyError(
+            504, "The provider's answer took too long.", code="upstream_timeout"
+        ) from None
+    except httpx.HTTPError:
+        meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=502)
+        raise ProxyError(502, "The provider's answer broke off.", code="upstream_error") from None
+    except ProxyError as error:
+        meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=error.status)
+        raise
     except asyncio.CancelledError:
         meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
         raise
     finally:
-        await upstream.aclose()
+        await opened.response.aclose()
+        await asyncio.shield(meter.asettle())
+    return HttpResponse(content, content_type="application/json")
+
+
+def _stream_error(meter: Meter, error: ProxyError, status: str) -> bytes:
+    """OpenAI's own mid-stream failure: an error event, and no [DONE] after it."""
+    meter.failed(status=status, http_status=error.status)
+    return sse_data(error_body(error))
+
+
+async def _relay_when_open(
+    opening: asyncio.Future[Opened], chat: ChatRequest, meter: Meter, deadline: float
+) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
+            if done:
+                break
+            yield KEEPALIVE
+        try:
+            opened = opening.result()
+        except ProxyError as error:
+            yield _stream_error(meter, error, _status_of(error))
+            await asyncio.shield(meter.asettle())
+            return
+    except asyncio.CancelledError:
+        opening.cancel()
+        meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        await asyncio.shield(meter.asettle())
+        raise
+    async for part in _relay(opened, chat, meter, deadline):
+        yield part
+
+
+async def _relay(
+    opened: Opened, chat: ChatRequest, meter: Meter, deadline: float
+) -> AsyncIterator[bytes]:
+    """Pass each provider event on the moment it arrives; settle whatever happens.
+
+    A provider that stops sending content for the route's idle limit (keep-alive comments
+    do not count), or runs past the total deadline, is cut with an error event.
+    """
+    route: Route = opened.route
+    translator = opened.adapter.stream(route=route, chat=chat)
+    parser = SSEParser()
+    chunks = opened.response.aiter_bytes()
+    loop = asyncio.get_running_loop()
+    idle = route.provider.idle_timeout
+    content_by = time.monotonic() + idle
+    try:
+        while True:
+            now = time.monotonic()
+            try:
+                async with asyncio.timeout_at(loop.time() + min(content_by, deadline) - now):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except (TimeoutError, httpx.TimeoutException):
+                cause = "went silent" if content_by < deadline else "ran past its deadline"
+                error = ProxyError(504, f"The provider's stream {cause}.", code="upstream_timeout")
+                yield _stream_error(meter, error, UsageRecord.Status.UPSTREAM_TIMEOUT)
+                return
+            except httpx.HTTPError:
+                break  # the provider broke off: reported just below
+            events = parser.feed(chunk)
+            if any(event.data is not None for event in events):
+                content_by = time.monotonic() + idle
+            out = b"".join(translator.feed(event) for event in events)
+            if out:
+                yield out
+        if not translator.complete:
+            error = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
+            yield _stream_error(meter, error, UsageRecord.Status.UPSTREAM_ERROR)
+    except asyncio.CancelledError:
+        meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        raise
+    finally:
+        await opened.response.aclose()
         meter.take_stream_usage(translator)
         # Shielded: a client gone away must not cancel its own billing.
         await asyncio.shield(meter.asettle())

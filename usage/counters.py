@@ -14,6 +14,7 @@ Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot
     lp:{t:7}:lock          string held while the ledger moves to the database or the week is
                                   rebuilt from it, so the two never count an entry twice
     lp:config:generation   string set anew when tenants, tiers or routes change
+    lp:keyhealth           hash   pooled key id -> "cool:<until ms>" or "off", for every process
 
 Lua pitfalls minded here: "-0" is not an integer to HINCRBY (so amounts are subtracted as
 ``0 - x``), and Lua prints large numbers in exponent form (so amounts are stored as the
@@ -43,6 +44,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
 CONFIG_GENERATION_KEY = "lp:config:generation"
+KEY_HEALTH_KEY = "lp:keyhealth"
 
 
 def tenant_prefix(tenant_id: int) -> str:
@@ -300,6 +302,45 @@ async def aconfig_generation() -> bytes | None:
     except (redis.RedisError, OSError):
         return None
     return value if isinstance(value, bytes) else None
+
+
+async def akey_health() -> dict[int, str]:
+    """Every process's shared view of resting and refused pooled keys ({} if unreachable)."""
+    try:
+        raw = await async_client().hgetall(KEY_HEALTH_KEY)
+    except (redis.RedisError, OSError):
+        return {}
+    return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+
+
+async def akey_cool(key_id: int, until_ms: int) -> None:
+    try:
+        await async_client().hset(KEY_HEALTH_KEY, str(key_id), f"cool:{until_ms}")
+    except (redis.RedisError, OSError):
+        pass  # this process still rests the key; the others learn of it by their own 429
+
+
+async def akey_off(key_id: int) -> None:
+    try:
+        await async_client().hset(KEY_HEALTH_KEY, str(key_id), "off")
+    except (redis.RedisError, OSError):
+        pass  # the database flag (written next) still reaches every process
+
+
+def key_health_clear(key_id: int) -> None:
+    """Staff re-enabled or replaced a key: forget what the proxy concluded about it."""
+    try:
+        sync_client().hdel(KEY_HEALTH_KEY, str(key_id))
+    except redis.RedisError:
+        pass
+
+
+def key_health_get() -> dict[int, str]:
+    try:
+        raw = sync_client().hgetall(KEY_HEALTH_KEY)
+    except redis.RedisError:
+        return {}
+    return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
 
 
 class Scripts:

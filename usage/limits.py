@@ -101,10 +101,14 @@ def _refusal(kind: str, retry_after: int, headers: dict[str, str]) -> ProxyError
     )
 
 
-def estimate(*, route: Route, body_bytes: int, max_tokens: int) -> tuple[int, int]:
-    """The worst case to reserve: (tokens, nano-dollars)."""
+def estimate(*, routes: tuple[Route, ...], body_bytes: int, max_tokens: int) -> tuple[int, int]:
+    """The worst case to reserve: (tokens, nano-dollars).
+
+    Priced at the dearest route the request may fail over to: it is reserved once, before
+    anyone knows which route will answer.
+    """
     prompt = math.ceil(body_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
-    cost = route.cost(input_tokens=prompt, output_tokens=max_tokens)
+    cost = max(route.cost(input_tokens=prompt, output_tokens=max_tokens) for route in routes)
     return prompt + max_tokens, to_nanos(cost, ceiling=True)
 
 

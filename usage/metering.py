@@ -10,7 +10,8 @@ from typing import Any
 from django.utils import timezone
 
 from routing.adapters.base import StreamTranslator, Usage
-from routing.context import PooledKey, Route, TenantContext
+from routing.context import TenantContext
+from routing.upstream import Attempt
 from usage.limits import Admission, asettle, to_nanos
 from usage.models import UsageRecord
 
@@ -19,14 +20,12 @@ from usage.models import UsageRecord
 class Meter:
     admission: Admission
     context: TenantContext
-    route: Route
-    key: PooledKey
+    attempt: Attempt  # the route and key of the last attempt, and how many there were
     stream: bool
     prompt_estimate: int
     usage: Usage = field(default_factory=Usage)
     status: str = UsageRecord.Status.OK
     http_status: int = 200
-    attempts: int = 1
     created_at: datetime = field(default_factory=timezone.now)
     started: float = field(default_factory=time.monotonic)
     settled: bool = False
@@ -48,16 +47,17 @@ class Meter:
 
     def record(self) -> dict[str, Any]:
         usage = self.usage
-        cost = self.route.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        route, key = self.attempt.route, self.attempt.key
+        cost = route.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         return {
             "request_id": self.admission.request_id,
             "tenant_id": self.context.tenant_id,
             "tier_id": self.context.tier_id,
-            "route_id": self.route.id,
-            "provider_key_id": self.key.id,
-            "model": self.route.model,
-            "provider_slug": self.route.provider.slug,
-            "upstream_model": self.route.upstream_model,
+            "route_id": route.id,
+            "provider_key_id": key.id,
+            "model": route.model,
+            "provider_slug": route.provider.slug,
+            "upstream_model": route.upstream_model,
             "stream": self.stream,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
@@ -65,7 +65,7 @@ class Meter:
             "cost_nanos": to_nanos(cost),
             "status": self.status,
             "http_status": self.http_status,
-            "attempts": self.attempts,
+            "attempts": self.attempt.count,
             "latency_ms": int((time.monotonic() - self.started) * 1000),
             "created_at": self.created_at.isoformat(),
             "week": self.admission.week.id,
