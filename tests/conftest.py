@@ -123,6 +123,20 @@ def claims_for(tenant: Tenant, **overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """SQLite only: drop a WAL left by an earlier run's server, which would corrupt the new DB."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        name = Path(db["TEST"]["NAME"])
+        for leftover in (
+            name,
+            name.with_name(name.name + "-wal"),
+            name.with_name(name.name + "-shm"),
+        ):
+            leftover.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_executor_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Close what async tests opened in asgiref's sync thread, so the test database can go."""
@@ -181,6 +195,8 @@ def start_proxy(
         "JWT_ALGORITHMS": "EdDSA,HS256",
         "PROXY_CONTEXT_TTL": str(SERVER_CONTEXT_TTL),
         "LOG_LEVEL": "DEBUG",
+        # Keep-alives start after a second, so tests of slow providers stay short.
+        "PROXY_STREAM_KEEPALIVE": "1",
         **(extra_env or {}),
     }
     log = log_path.open("wb")
@@ -232,6 +248,16 @@ def live_proxy(
     jwt_keys: JwtKeys,
 ) -> Iterator[LiveProxy]:
     proxy = start_proxy(tmp_dir=tmp_path_factory.mktemp("proxy"), jwt_keys=jwt_keys)
+    yield proxy
+    stop_proxy(proxy)
+
+
+@pytest.fixture(scope="session")
+def second_proxy(
+    live_proxy: LiveProxy, tmp_path_factory: pytest.TempPathFactory, jwt_keys: JwtKeys
+) -> Iterator[LiveProxy]:
+    """Another Daphne process on the same database and Redis (a second host, in effect)."""
+    proxy = start_proxy(tmp_dir=tmp_path_factory.mktemp("proxy-b"), jwt_keys=jwt_keys)
     yield proxy
     stop_proxy(proxy)
 

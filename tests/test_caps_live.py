@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -68,15 +67,6 @@ def ledger(tenant: Tenant, expected_rows: int) -> list[UsageRecord]:
         return rows
 
     return eventually(landed, timeout=10)
-
-
-@pytest.fixture(scope="session")
-def second_proxy(
-    live_proxy: LiveProxy, tmp_path_factory: pytest.TempPathFactory, jwt_keys: JwtKeys
-) -> Iterator[LiveProxy]:
-    proxy = start_proxy(tmp_dir=tmp_path_factory.mktemp("proxy-b"), jwt_keys=jwt_keys)
-    yield proxy
-    stop_proxy(proxy)
 
 
 @needs_redis

@@ -1,0 +1,348 @@
+"""The fault suite: a controllable mock provider behind a live proxy.
+
+Keys rate-limited and refused, providers failing, unreachable, slow to start, dripping bytes
+or breaking mid-stream, clients leaving: the proxy keeps serving, bills exactly once and
+leaks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from django.conf import settings
+
+from routing.models import Provider, ProviderKey
+from routing.services import provider_create, provider_key_create, route_create
+from tenants.models import Tenant
+from tenants.services import tenant_create, tier_create
+from tests.conftest import CHANGE_VISIBLE_WITHIN, LiveProxy, World, eventually, free_port, unique
+from tests.support.mockserver import MockServer
+from usage.models import UsageRecord
+
+pytestmark = pytest.mark.core
+
+
+@dataclass
+class Pool:
+    tenant: Tenant
+    primary: Provider  # OpenAI-kind, two keys
+    fallback: Provider  # Anthropic-kind, one key, priority 1
+    key_a: ProviderKey
+    key_b: ProviderKey
+    secrets: dict[str, str]
+
+
+def make_pool(
+    world: World,
+    mock: MockServer,
+    *,
+    primary_url: str | None = None,
+    fallback: bool = True,
+    **timeouts: float,
+) -> Pool:
+    tier = tier_create(
+        slug=unique("faults"), name="F", requests_per_minute=100_000, max_concurrent_requests=1000
+    )
+    primary = provider_create(
+        slug=unique("primary"),
+        kind="openai",
+        base_url=primary_url or mock.openai_base_url,
+        **timeouts,
+    )
+    second = provider_create(
+        slug=unique("fallback"), kind="anthropic", base_url=mock.anthropic_base_url
+    )
+    secrets = {name: f"sk-{name}-{os.urandom(6).hex()}" for name in ("a", "b", "fallback")}
+    key_a = provider_key_create(provider=primary, label="a", secret=secrets["a"])
+    key_b = provider_key_create(provider=primary, label="b", secret=secrets["b"])
+    provider_key_create(provider=second, label="f", secret=secrets["fallback"])
+    prices = {"input_usd_per_mtok": Decimal("1"), "output_usd_per_mtok": Decimal("1")}
+    route_create(
+        tier=tier, model="auto", provider=primary, upstream_model="primary-model", **prices
+    )
+    if fallback:
+        route_create(
+            tier=tier,
+            model="auto",
+            provider=second,
+            upstream_model="fallback-model",
+            priority=1,
+            **prices,
+        )
+    tenant = tenant_create(slug=unique("faulty"), name="F", tier=tier)
+    return Pool(tenant, primary, second, key_a, key_b, secrets)
+
+
+def chat(
+    proxy: LiveProxy, world: World, tenant: Tenant, *, stream: bool = False, **extra: Any
+) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={
+            "model": "auto",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": stream,
+            **extra,
+        },
+        headers={"Authorization": f"Bearer {world.token(tenant)}"},
+        timeout=30,
+    )
+
+
+def one_row(tenant: Tenant, *, count: int = 1) -> UsageRecord:
+    def landed() -> list[UsageRecord]:
+        rows = list(UsageRecord.objects.filter(tenant=tenant).order_by("created_at"))
+        assert len(rows) == count
+        return rows
+
+    return eventually(landed, timeout=10)[-1]
+
+
+def test_it_serves_a_rate_limited_key_from_the_other_and_rests_it_everywhere(
+    proxy: LiveProxy, world: World, mock: MockServer, request: pytest.FixtureRequest
+) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    mock.configure(
+        faults=[
+            {
+                "match": {"api_key": pool.secrets["a"]},
+                "action": {"type": "status", "status": 429, "headers": {"retry-after": "30"}},
+            }
+        ]
+    )
+    served = 0
+    for _ in range(12):  # until key a has been drawn (weights are equal)
+        response = chat(proxy, world, pool.tenant)
+        assert response.status_code == 200, response.text
+        served += 1
+        if any(r["api_key"] == pool.secrets["a"] for r in mock.requests()):
+            break
+    keys = [r["api_key"] for r in mock.requests()]
+    assert pool.secrets["a"] in keys, "key a was never drawn"
+    assert keys[-1] == pool.secrets["b"]  # the 429 was answered by key b, same request
+    row = one_row(pool.tenant, count=served)
+    assert row.attempts == 2 and row.provider_key_id == pool.key_b.pk and row.status == "ok"
+
+    # Every process now leaves key a alone for its retry-after.
+    time.sleep(CHANGE_VISIBLE_WITHIN if settings.REDIS_URL else 0)
+    mock.reset()
+    # With a shared Redis, a second process too (the embedded store is one process's own).
+    targets = (proxy, request.getfixturevalue("second_proxy")) if settings.REDIS_URL else (proxy,)
+    for _ in range(6):
+        for target in targets:
+            assert chat(target, world, pool.tenant).status_code == 200
+    assert {r["api_key"] for r in mock.requests()} == {pool.secrets["b"]}
+    key = ProviderKey.objects.get(pk=pool.key_a.pk)
+    assert key.enabled and "429" in key.last_error
+
+
+def test_it_switches_off_a_refused_key(proxy: LiveProxy, world: World, mock: MockServer) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    mock.configure(
+        faults=[
+            {"match": {"api_key": pool.secrets["a"]}, "action": {"type": "status", "status": 401}}
+        ]
+    )
+    for _ in range(12):
+        assert chat(proxy, world, pool.tenant).status_code == 200
+        if any(r["api_key"] == pool.secrets["a"] for r in mock.requests()):
+            break
+
+    def switched_off() -> ProviderKey:
+        key = ProviderKey.objects.get(pk=pool.key_a.pk)
+        assert not key.enabled
+        return key
+
+    key = eventually(switched_off)
+    assert "401" in key.disabled_reason and "401" in key.last_error
+    mock.reset()
+    for _ in range(5):
+        assert chat(proxy, world, pool.tenant).status_code == 200
+    assert {r["api_key"] for r in mock.requests()} == {pool.secrets["b"]}
+
+
+def test_it_fails_over_to_the_next_route_when_the_provider_fails(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock)
+    mock.configure(
+        faults=[{"match": {"api": "openai"}, "action": {"type": "status", "status": 503}}]
+    )
+    client = openai.OpenAI(
+        base_url=proxy.openai_base_url, api_key=world.token(pool.tenant), max_retries=0
+    )
+    completion = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.choices[0].message.content == mock.requests()[-1]["text_sent"]
+    apis = [r["api"] for r in mock.requests()]
+    assert apis == ["openai", "openai", "anthropic"]  # both keys once, then the fallback route
+    row = one_row(pool.tenant)
+    assert row.attempts == 3 and row.provider_slug == pool.fallback.slug
+    assert row.output_tokens == mock.requests()[-1]["usage"]["output_tokens"]
+
+
+def test_it_fails_over_when_the_provider_refuses_connections(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    pool = make_pool(world, mock, primary_url=closed)
+    response = chat(proxy, world, pool.tenant, stream=True)
+    assert response.status_code == 200 and "data: [DONE]" in response.text
+    assert [r["api"] for r in mock.requests()] == ["anthropic"]
+
+    alone = make_pool(world, mock, primary_url=closed, fallback=False)
+    response = chat(proxy, world, alone.tenant)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
+    assert one_row(alone.tenant).status == "upstream_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_it_answers_504_when_the_first_byte_is_late(
+    proxy: LiveProxy, world: World, mock: MockServer, stream: bool
+) -> None:
+    pool = make_pool(world, mock, fallback=False, first_byte_timeout=0.3)
+    mock.configure(faults=[{"action": {"type": "delay_headers", "seconds": 5}}])
+    started = time.monotonic()
+    response = chat(proxy, world, pool.tenant, stream=stream)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    # Each key got its 0.3 s: the deadline holds, nothing waits out the provider.
+    assert elapsed < 0.3 * 2 + 0.8
+    assert one_row(pool.tenant).status == "upstream_timeout"
+
+
+def test_it_keeps_a_slow_stream_alive_until_the_answer_starts(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    mock.configure(faults=[{"action": {"type": "delay_headers", "seconds": 2.5}}])
+    client = openai.OpenAI(
+        base_url=proxy.openai_base_url, api_key=world.token(pool.tenant), max_retries=0
+    )
+    text = chat(proxy, world, pool.tenant, stream=True).text
+    assert text.startswith(": keep-alive\n\n")
+    assert text.rstrip().endswith("data: [DONE]")
+    # And the SDK reads such a stream as any other.
+    mock.configure(faults=[{"action": {"type": "delay_headers", "seconds": 2.5}}])
+    chunks = list(
+        client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == mock.requests()[-1]["text_sent"]
+    )
+
+
+def test_it_cuts_a_drip_feed_at_the_idle_limit(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock, fallback=False, idle_timeout=0.6)
+    mock.configure(faults=[{"action": {"type": "drip", "interval": 0.1, "max_seconds": 20}}])
+    started = time.monotonic()
+    response = chat(proxy, world, pool.tenant, stream=True)
+    assert time.monotonic() - started < 3
+    events = [e for e in response.text.split("\n\n") if e.strip()]
+    assert events[-1].startswith('data: {"error"') and "went silent" in events[-1]
+    assert "[DONE]" not in response.text
+
+    def upstream_closed() -> None:
+        assert mock.requests()[-1]["disconnected"]
+
+    eventually(upstream_closed, timeout=3)
+    assert one_row(pool.tenant).status == "upstream_timeout"
+
+
+def test_it_bills_a_stream_that_breaks_mid_way_once(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    mock.configure(chunks=12, faults=[{"action": {"type": "break_after", "chunks": 5}}])
+    client = openai.OpenAI(
+        base_url=proxy.openai_base_url, api_key=world.token(pool.tenant), max_retries=0
+    )
+    stream = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    received = ""
+    with pytest.raises(openai.APIError):  # the SDK raises on the error event
+        for chunk in stream:
+            received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert received == mock.requests()[-1]["text_sent"]
+    row = one_row(pool.tenant)
+    assert row.output_tokens == 5 and row.status == "upstream_error"
+
+
+def _open_fds(proxy: LiveProxy) -> int:
+    return len(os.listdir(f"/proc/{proxy.process.pid}/fd"))
+
+
+def test_it_closes_the_upstream_and_leaks_nothing_when_clients_leave(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    pool.tenant.tier.max_concurrent_requests = 1
+    pool.tenant.tier.save()
+    token = world.token(pool.tenant)
+    mock.configure(chunks=50, chunk_delay=0.05)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def leave_after_first_chunk(client: httpx.AsyncClient) -> float:
+        async with client.stream(
+            "POST", f"{proxy.url}/v1/chat/completions", json=body, headers=headers
+        ) as r:
+            assert r.status_code == 200, await r.aread()
+            async for part in r.aiter_bytes():
+                if b'"content":"Hello"' in part:
+                    break
+        return time.time()
+
+    async def rounds(count: int) -> list[float]:
+        left = []
+        # One at a time (the tier allows one): each departure must free its slot.
+        for _ in range(count):
+            async with httpx.AsyncClient(timeout=10) as client:
+                left.append(await leave_after_first_chunk(client))
+        return left
+
+    time.sleep(CHANGE_VISIBLE_WITHIN)  # the concurrency limit of 1 has reached the server
+    asyncio.run(rounds(10))
+    eventually(lambda: one_row(pool.tenant, count=10))
+    baseline = _open_fds(proxy)
+    mock.reset()
+    mock.configure(chunks=50, chunk_delay=0.05)
+    left = asyncio.run(rounds(200))
+
+    def all_closed() -> list[dict[str, Any]]:
+        records = mock.requests()
+        assert len(records) == 200 and all(r["disconnected"] for r in records)
+        return records
+
+    records = eventually(all_closed, timeout=3)
+    for when, record in zip(left, records, strict=True):
+        assert record["disconnected_at"] - when < 1.0  # upstream closed within a second
+    rows = eventually(
+        lambda: (
+            one_row(pool.tenant, count=210) and list(UsageRecord.objects.filter(tenant=pool.tenant))
+        ),
+        timeout=15,
+    )
+    assert all(r.status == "client_disconnected" for r in rows)
+    assert len({r.request_id for r in rows}) == 210  # billed once each
+    billed = {r.request_id: r.output_tokens for r in rows}
+    assert sum(billed.values()) >= 200  # at least the piece each client read
+    time.sleep(0.5)
+    assert _open_fds(proxy) <= baseline + 5
