@@ -365,14 +365,6 @@ def test_it_rebuilds_a_past_iso_week(alice: Tenant) -> None:
     assert live(alice)["used_tokens"] == 1234  # this week's counter was left alone
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with PROXY_WEEK_START=sunday (any start day but Monday), `rebuild_counters "
-    "--week 2026-W48` rebuilds the counter of a week that does not exist: iso_week() always "
-    "starts on the Monday (usage/management/commands/rebuild_counters.py), while usage weeks, "
-    "their ledger rows (UsageRecord.week) and their counter keys start on the configured day. "
-    "The real week's counter is left as it was and a bogus Monday key is seeded with 0.",
-)
 def test_it_rebuilds_the_usage_week_of_an_iso_week_when_weeks_start_on_sunday() -> None:
     tenant = make_tenant("sunny")
     with override_settings(PROXY_WEEK_START_DAY=6):

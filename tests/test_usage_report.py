@@ -156,19 +156,12 @@ def parsed(text: str, fmt: str) -> dict[str, dict[str, str]]:
     return result
 
 
-def assert_totals(
-    got: dict[str, dict[str, str]], want: dict[str, dict[str, Any]], *, exact_cost: bool
-) -> None:
+def assert_totals(got: dict[str, dict[str, str]], want: dict[str, dict[str, Any]]) -> None:
     assert set(got) == set(want)
     for group, totals in want.items():
         for name in NUMBERS:
             assert int(got[group][name]) == totals[name], (group, name)
-        cost = Decimal(got[group]["cost_usd"])
-        if exact_cost:
-            assert cost == totals["cost_usd"], group
-        else:
-            # Micro-dollar rounding at most (see the exact-cost xfail test below).
-            assert abs(cost - totals["cost_usd"]) <= Decimal("0.0000005"), group
+        assert Decimal(got[group]["cost_usd"]) == totals["cost_usd"], group  # to the nano-dollar
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -177,22 +170,15 @@ def test_it_reports_the_ledgers_totals_of_an_iso_week(
     ledger: dict[str, Tenant], by: str, fmt: str
 ) -> None:
     text = report("--week", "2026-W48", "--by", by, "--format", fmt)
-    assert_totals(parsed(text, fmt), expected_totals(IN_WEEK, by), exact_cost=False)
+    assert_totals(parsed(text, fmt), expected_totals(IN_WEEK, by))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: usage_report quantizes cost_usd to 6 decimal places "
-    "(usage/management/commands/usage_report.py _record: quantize(Decimal('0.000001'))), "
-    "while the ledger is exact to the nano-dollar (9 places): $0.005123460 is reported "
-    "as 0.005123, not the ledger's total.",
-)
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_it_reports_the_ledgers_cost_to_the_nano_dollar(
     ledger: dict[str, Tenant], fmt: str
 ) -> None:
     text = report("--week", "2026-W48", "--by", "tenant", "--format", fmt)
-    assert_totals(parsed(text, fmt), expected_totals(IN_WEEK, "tenant"), exact_cost=True)
+    assert_totals(parsed(text, fmt), expected_totals(IN_WEEK, "tenant"))
 
 
 def test_it_titles_the_table_with_the_grouping_and_the_week(ledger: dict[str, Tenant]) -> None:
@@ -268,7 +254,7 @@ def test_it_reports_the_same_for_the_weeks_dates_as_for_the_week(
 ) -> None:
     text = report("--from", "2026-11-23", "--to", "2026-11-29", "--by", by, "--format", fmt)
     got = parsed(text, fmt)
-    assert_totals(got, expected_totals(IN_WEEK, by), exact_cost=False)
+    assert_totals(got, expected_totals(IN_WEEK, by))
     week = parsed(report("--week", "2026-W48", "--by", by, "--format", fmt), fmt)
     for group, values in got.items():
         for name in (*NUMBERS, "cost_usd"):
@@ -279,13 +265,13 @@ def test_it_includes_the_whole_last_day_of_a_range(ledger: dict[str, Tenant]) ->
     text = report("--from", "2026-11-22", "--to", "2026-11-22", "--format", "json")
     assert json.loads(text)["period"] == "2026-11-22 to 2026-11-22"
     got = parsed(text, "json")
-    assert_totals(got, expected_totals([BEFORE], "tenant"), exact_cost=False)
+    assert_totals(got, expected_totals([BEFORE], "tenant"))
     assert got["alice"]["requests"] == "1"
 
 
 def test_it_reports_a_range_across_both_edges(ledger: dict[str, Tenant]) -> None:
     got = parsed(report("--from", "2026-11-22", "--to", "2026-11-30", "--format", "csv"), "csv")
-    assert_totals(got, expected_totals([*IN_WEEK, BEFORE, AFTER], "tenant"), exact_cost=False)
+    assert_totals(got, expected_totals([*IN_WEEK, BEFORE, AFTER], "tenant"))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

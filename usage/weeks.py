@@ -47,10 +47,14 @@ def week_starting(day: date) -> Week:
 
 
 def iso_week(label: str) -> Week:
-    """'2026-W48' -> that ISO week (Monday to Monday in the configured zone)."""
+    """'2026-W48' -> the usage week holding that ISO week's Monday.
+
+    With the default (ISO weeks in UTC) that is the ISO week itself; with another start day
+    it is the usage week the ledger and the counters really use, never a week of its own.
+    """
     try:
         year, _, number = label.partition("-W")
         monday = date.fromisocalendar(int(year), int(number), 1)
     except ValueError:
         raise ValueError(f"{label!r} is not an ISO week such as 2026-W48.") from None
-    return week_starting(monday)
+    return week_of(datetime.combine(monday, time(12), tzinfo=_zone()))

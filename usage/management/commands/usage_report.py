@@ -87,7 +87,7 @@ class Command(BaseCommand):
             "input_tokens": row.input_tokens,
             "output_tokens": row.output_tokens,
             "total_tokens": row.total_tokens,
-            "cost_usd": str(row.cost_usd.quantize(Decimal("0.000001"))),
+            "cost_usd": str(row.cost_usd),  # exact: the ledger counts nano-dollars
         }
         if caps is not None:
             token_cap, cost_cap = caps
