@@ -328,6 +328,10 @@ PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
 # client anyway, with `: keep-alive` comments every as many seconds, so that clients and load
 # balancers with idle timeouts do not drop it while a slow model thinks.
 PROXY_STREAM_KEEPALIVE = env_float("PROXY_STREAM_KEEPALIVE", 5.0, minimum=0.1)
+# A streamed answer holds at most this many bytes for a client that reads slowly, and cuts
+# off a client that stays that far behind this long.
+PROXY_STREAM_BUFFER_BYTES = env_int("PROXY_STREAM_BUFFER_BYTES", 1024 * 1024, minimum=4096)
+PROXY_SLOW_CLIENT_TIMEOUT = env_float("PROXY_SLOW_CLIENT_TIMEOUT", 30.0, minimum=0.1)
 # A pooled key that got a 429 without a usable Retry-After rests this long.
 PROXY_KEY_COOLDOWN = env_float("PROXY_KEY_COOLDOWN", 30.0, minimum=1.0)
 

@@ -243,7 +243,9 @@ async def _relay(
         if not translator.complete:
             error = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
             yield _stream_error(meter, error, UsageRecord.Status.UPSTREAM_ERROR)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):
+        # Cancelled: the client went away while this waited on the provider. GeneratorExit:
+        # it went away (or was cut off as too slow) while this waited to send.
         meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
         raise
     finally:

@@ -8,7 +8,9 @@ leaks nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,7 +25,16 @@ from routing.models import Provider, ProviderKey
 from routing.services import provider_create, provider_key_create, route_create
 from tenants.models import Tenant
 from tenants.services import tenant_create, tier_create
-from tests.conftest import CHANGE_VISIBLE_WITHIN, LiveProxy, World, eventually, free_port, unique
+from tests.conftest import (
+    CHANGE_VISIBLE_WITHIN,
+    LiveProxy,
+    World,
+    eventually,
+    free_port,
+    start_proxy,
+    stop_proxy,
+    unique,
+)
 from tests.support.mockserver import MockServer
 from usage.models import UsageRecord
 
@@ -346,3 +357,54 @@ def test_it_closes_the_upstream_and_leaks_nothing_when_clients_leave(
     assert sum(billed.values()) >= 200  # at least the piece each client read
     time.sleep(0.5)
     assert _open_fds(proxy) <= baseline + 5
+
+
+def test_it_cuts_off_a_client_that_reads_too_slowly(
+    proxy: LiveProxy, world: World, mock: MockServer, jwt_keys: Any, tmp_path: Any
+) -> None:
+    strict = start_proxy(
+        tmp_dir=tmp_path,
+        jwt_keys=jwt_keys,
+        extra_env={"PROXY_STREAM_BUFFER_BYTES": "4096", "PROXY_SLOW_CLIENT_TIMEOUT": "1"},
+    )
+    try:
+        pool = make_pool(world, mock, fallback=False)
+        mock.configure(chunks=60_000)  # about 14 MB of stream
+        body = json.dumps(
+            {
+                "model": "auto",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "max_tokens": 60_000,
+            }
+        ).encode()
+        port = int(strict.url.rsplit(":", 1)[1])
+        with socket.socket() as client:
+            # A client that reads nothing for a while, with a small window of its own.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", port))
+            client.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+                + f"Authorization: Bearer {world.token(pool.tenant)}\r\n".encode()
+                + b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            # Long enough to fill the kernel's socket buffers (a few MB) and then outlast
+            # the proxy's patience with a full stream buffer.
+            time.sleep(8)
+            received = b""
+            client.settimeout(10)
+            try:
+                while chunk := client.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass  # cut off: the proxy aborted the connection
+        assert b"HTTP/1.1 200" in received
+        assert b"data: [DONE]" not in received  # cut off, not served to the end
+        assert len(received) < 14_000_000
+        row = one_row(pool.tenant)
+        assert row.status == "client_disconnected"
+        assert 0 < row.output_tokens < 60_000
+    finally:
+        stop_proxy(strict)
