@@ -350,7 +350,7 @@ except (ValueError, KeyError, OSError):
 # Reservations outlive any request (a crashed process's reservation is healed after this).
 PROXY_RESERVATION_TTL = env_int("PROXY_RESERVATION_TTL", 900, minimum=10)
 # How long a settled request id is remembered, so a repeated settlement charges nothing.
-PROXY_SETTLED_MARKER_TTL = env_int("PROXY_SETTLED_MARKER_TTL", 3600, minimum=60)
+PROXY_SETTLED_MARKER_TTL = env_int("PROXY_SETTLED_MARKER_TTL", 600, minimum=60)
 # A prompt's token estimate, for the reservation: bytes of the request body per token.
 PROXY_PROMPT_BYTES_PER_TOKEN = env_float("PROXY_PROMPT_BYTES_PER_TOKEN", 3.0, minimum=0.5)
 # Each proxy process moves settled usage from Redis into the database itself; turn this off

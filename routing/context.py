@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from routing.keyring import KeyringError, ProviderKeyAuth
@@ -209,7 +209,7 @@ class ContextCache:
         self._loading[slug] = future
         generation = self._generation
         try:
-            context = await sync_to_async(_load, thread_sensitive=True)(slug)
+            context = await database_sync_to_async(_load)(slug)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters, if any, re-raise it themselves

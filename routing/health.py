@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Sequence
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
@@ -81,7 +81,7 @@ class KeyHealth:
     def _persist(self, key_id: int, *, error: str, disable: bool) -> None:
         # Off the request's path: staff see it in the admin a moment later.
         task = asyncio.get_running_loop().create_task(
-            sync_to_async(_record_key_error)(key_id, error, disable)
+            database_sync_to_async(_record_key_error)(key_id, error, disable)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -8,7 +8,9 @@ a suspended tenant or an outdated ``ver`` gets 403.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -32,23 +34,29 @@ def unauthorized() -> ProxyError:
     )
 
 
+_VERIFIED_CACHE_SIZE = 10_000
+
+
 @dataclass(frozen=True)
 class _KeySet:
     source: dict[str, Any]
     keys: dict[str, jwt.PyJWK]
+    # Agents send the same token on every request: a token verified once is remembered
+    # (bounded, and only until its exp) so the signature is not checked again each time.
+    verified: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
 
 
 _keyset: _KeySet | None = None
 
 
-def _verification_keys() -> dict[str, jwt.PyJWK]:
+def _current_keyset() -> _KeySet:
     # Parsed once per JWKS value (settings may be swapped in tests or on reload).
     global _keyset
     source = settings.JWT_JWKS
     if _keyset is None or _keyset.source is not source:
         keys = {k["kid"]: jwt.PyJWK(k, algorithm=k["alg"]) for k in source["keys"]}
         _keyset = _KeySet(source=source, keys=keys)
-    return _keyset.keys
+    return _keyset
 
 
 def _token_from(request: HttpRequest) -> str | None:
@@ -63,6 +71,21 @@ def verify_token(token: str) -> dict[str, Any]:
     """The token's claims, or ProxyError(401). Pure: no I/O."""
     if len(token) > settings.JWT_MAX_TOKEN_BYTES:
         raise _reject("token over the size limit")
+    keyset = _current_keyset()
+    claims = keyset.verified.get(token)
+    if claims is not None:
+        if claims["exp"] > time.time():
+            keyset.verified.move_to_end(token)
+            return claims
+        del keyset.verified[token]
+    claims = _verify(token, keyset.keys)
+    keyset.verified[token] = claims
+    if len(keyset.verified) > _VERIFIED_CACHE_SIZE:
+        keyset.verified.popitem(last=False)
+    return claims
+
+
+def _verify(token: str, keys: dict[str, jwt.PyJWK]) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
@@ -71,7 +94,6 @@ def verify_token(token: str) -> dict[str, Any]:
     # Checked before any key is chosen: "none" and anything not configured never get further.
     if alg not in settings.JWT_ALGORITHMS:
         raise _reject(f"algorithm {alg!r} not allowed")
-    keys = _verification_keys()
     kid = header.get("kid")
     if kid is None and len(keys) == 1:
         key = next(iter(keys.values()))

@@ -7,6 +7,7 @@ import html
 import io
 import json
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -129,27 +130,16 @@ def settle(data: dict[str, Any]) -> None:
     """Settle a request as the proxy does (usage.limits.asettle's script, run synchronously):
     the counters grow and the record joins the tenant's ledger stream."""
     client = counters.sync_client()
-    keys = counters.keys_for(data["tenant_id"], data["week"])
-    tokens = data["input_tokens"] + data["output_tokens"]
-    done = counters.sync_scripts(client).settle(
-        keys=[
-            keys.week,
-            keys.resv,
-            keys.resv_amt,
-            keys.resv_tot,
-            keys.inflight,
-            keys.done(data["request_id"]),
-            keys.ledger,
-        ],
-        args=[
-            data["request_id"],
-            tokens,
-            data["cost_nanos"],
-            3600,
-            data["week"],
-            record_to_json(data),
-        ],
+    call = counters.settle_call(
+        tenant_id=data["tenant_id"],
+        week_id=data["week"],
+        request_id=data["request_id"],
+        tokens=data["input_tokens"] + data["output_tokens"],
+        nanos=data["cost_nanos"],
+        record_json=record_to_json(data),
+        now_ms=int(time.time() * 1000),
     )
+    done = counters.sync_scripts(client).settle(**call)
     assert done == 1
 
 

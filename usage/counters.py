@@ -8,7 +8,7 @@ Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot
     lp:{t:7}:resv:tot      hash   tokens, nanos: the sum of live reservations
     lp:{t:7}:inflight      zset   request id -> lease expiry (ms): concurrency
     lp:{t:7}:rpm           zset   request id -> admission time (ms): the last minute's requests
-    lp:{t:7}:done:<rid>    string settled marker (settle exactly once)
+    lp:{t:7}:done          zset   settled request id -> forget-after (ms): settle exactly once
     lp:{t:7}:ledger        stream one entry per settled request, drained into UsageRecord
     lp:{t:7}:ledger:dead   stream entries that could not be stored (their tenant was deleted)
     lp:{t:7}:lock          string held while the ledger moves to the database or the week is
@@ -59,13 +59,11 @@ class TenantKeys:
     resv_tot: str
     inflight: str
     rpm: str
+    done: str
     ledger: str
     dead_letter: str
     lock: str
     prefix: str
-
-    def done(self, request_id: str) -> str:
-        return f"{self.prefix}done:{request_id}"
 
 
 def keys_for(tenant_id: int, week: str) -> TenantKeys:
@@ -77,6 +75,7 @@ def keys_for(tenant_id: int, week: str) -> TenantKeys:
         resv_tot=f"{p}resv:tot",
         inflight=f"{p}inflight",
         rpm=f"{p}rpm",
+        done=f"{p}done",
         ledger=f"{p}ledger",
         dead_letter=f"{p}ledger:dead",
         lock=f"{p}lock",
@@ -174,10 +173,16 @@ local week, resv, resv_amt, resv_tot = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local inflight, done, ledger = KEYS[5], KEYS[6], KEYS[7]
 local rid, tokens, nanos = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local done_ttl, week_id, record = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local now = tonumber(ARGV[7])
 
-if not redis.call('SET', done, '1', 'NX', 'EX', done_ttl) then
+if redis.call('ZSCORE', done, rid) then
   return 0
 end
+-- Settled ids are remembered in one set per tenant, forgotten after done_ttl: no key per
+-- request, and nothing that only a lazy expiry would ever free.
+redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
+redis.call('ZADD', done, now + done_ttl, rid)
+redis.call('PEXPIRE', done, done_ttl)
 local amount = redis.call('HGET', resv_amt, rid)
 if amount then
   local sep = string.find(amount, '|', 1, true)
@@ -341,6 +346,40 @@ def key_health_get() -> dict[int, str]:
     except redis.RedisError:
         return {}
     return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+
+
+def settle_call(
+    *,
+    tenant_id: int,
+    week_id: str,
+    request_id: str,
+    tokens: int,
+    nanos: int,
+    record_json: str,
+    now_ms: int,
+) -> dict[str, list[Any]]:
+    """The SETTLE script's keys and arguments; record_json "" adds no ledger entry."""
+    keys = keys_for(tenant_id, week_id)
+    return {
+        "keys": [
+            keys.week,
+            keys.resv,
+            keys.resv_amt,
+            keys.resv_tot,
+            keys.inflight,
+            keys.done,
+            keys.ledger,
+        ],
+        "args": [
+            request_id,
+            tokens,
+            nanos,
+            settings.PROXY_SETTLED_MARKER_TTL * 1000,
+            week_id,
+            record_json,
+            now_ms,
+        ],
+    }
 
 
 class Scripts:

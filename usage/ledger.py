@@ -24,7 +24,6 @@ from decimal import Decimal
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
@@ -214,27 +213,17 @@ def reconcile(client: redis.Redis) -> int:
     scripts = counters.sync_scripts(client)
     for row in pending:
         week = week_starting(datetime.fromisoformat(row.week).date())
-        keys = counters.keys_for(row.tenant_id, week.id)
         with tenant_lock(client, row.tenant_id):
-            scripts.settle(
-                keys=[
-                    keys.week,
-                    keys.resv,
-                    keys.resv_amt,
-                    keys.resv_tot,
-                    keys.inflight,
-                    keys.done(row.request_id),
-                    keys.ledger,
-                ],
-                args=[
-                    row.request_id,
-                    row.total_tokens,
-                    int(row.cost_usd * NANOS),
-                    settings.PROXY_SETTLED_MARKER_TTL,
-                    week.id,
-                    "",  # no ledger entry: the row is the ledger
-                ],
+            call = counters.settle_call(
+                tenant_id=row.tenant_id,
+                week_id=week.id,
+                request_id=row.request_id,
+                tokens=row.total_tokens,
+                nanos=int(row.cost_usd * NANOS),
+                record_json="",  # no ledger entry: the row is the ledger
+                now_ms=int(time.time() * 1000),
             )
+            scripts.settle(**call)
             UsageRecord.objects.filter(pk=row.pk).update(counted=True)
         done += 1
     return done

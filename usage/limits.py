@@ -25,7 +25,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from routing.context import Route, TenantContext
@@ -190,7 +190,7 @@ class _Seeder:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending[key] = future
         try:
-            await sync_to_async(_seed)(tenant_id, week)
+            await database_sync_to_async(_seed)(tenant_id, week)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it themselves
@@ -241,7 +241,7 @@ async def _admit_degraded(
         context.slug,
     )
     week = week_of(now)
-    used_tokens, used_nanos = await sync_to_async(week_usage)(
+    used_tokens, used_nanos = await database_sync_to_async(week_usage)(
         tenant_id=context.tenant_id, week=week, include_uncounted=True
     )
     cap_tokens, cap_cost = limits.weekly_token_cap, limits.weekly_cost_cap_usd
@@ -254,29 +254,17 @@ async def _admit_degraded(
 
 async def asettle(admission: Admission, record: dict[str, Any]) -> None:
     """Release the reservation and bill the actual usage, once; never raises for Redis."""
-    tokens = record["input_tokens"] + record["output_tokens"]
-    keys = counters.keys_for(admission.tenant_id, admission.week.id)
+    call = counters.settle_call(
+        tenant_id=admission.tenant_id,
+        week_id=admission.week.id,
+        request_id=admission.request_id,
+        tokens=record["input_tokens"] + record["output_tokens"],
+        nanos=record["cost_nanos"],
+        record_json=record_to_json(record),
+        now_ms=int(time.time() * 1000),
+    )
     try:
-        scripts = counters.async_scripts(counters.async_client())
-        await scripts.settle(
-            keys=[
-                keys.week,
-                keys.resv,
-                keys.resv_amt,
-                keys.resv_tot,
-                keys.inflight,
-                keys.done(admission.request_id),
-                keys.ledger,
-            ],
-            args=[
-                admission.request_id,
-                tokens,
-                record["cost_nanos"],
-                settings.PROXY_SETTLED_MARKER_TTL,
-                admission.week.id,
-                record_to_json(record),
-            ],
-        )
+        await counters.async_scripts(counters.async_client()).settle(**call)
     except _UNREACHABLE as exc:
         logger.error(
             "counter store unreachable (%r) at settlement of %s: writing the ledger row "
@@ -298,7 +286,7 @@ async def _write_direct(record: dict[str, Any]) -> None:
     row = record_row(record)
     row.counted = False
     try:
-        await row.asave(force_insert=True)
+        await database_sync_to_async(row.save)(force_insert=True)
     except IntegrityError:
         logger.warning("usage for %s was already recorded", record["request_id"])
 
@@ -331,7 +319,7 @@ class _Drainer:
             full = time.monotonic() - last_scan > 30
             tenants, self.pending = self.pending, set()
             try:
-                await sync_to_async(_drain_once)(tenants, full)
+                await database_sync_to_async(_drain_once)(tenants, full)
                 if full:
                     last_scan = time.monotonic()
             except Exception:
