@@ -356,7 +356,7 @@ PROXY_PROMPT_BYTES_PER_TOKEN = env_float("PROXY_PROMPT_BYTES_PER_TOKEN", 3.0, mi
 # Each proxy process moves settled usage from Redis into the database itself; turn this off
 # to leave it to `manage.py usage_worker` alone.
 PROXY_LEDGER_WORKER = env_bool("PROXY_LEDGER_WORKER", True)
-PROXY_LEDGER_DRAIN_INTERVAL = env_float("PROXY_LEDGER_DRAIN_INTERVAL", 0.25, minimum=0.01)
+PROXY_LEDGER_DRAIN_INTERVAL = env_float("PROXY_LEDGER_DRAIN_INTERVAL", 1.0, minimum=0.01)
 
 
 # --- Django --------------------------------------------------------------------------------
