@@ -3,8 +3,11 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from proxy_site.security import ThrottledAdminLoginForm
+
 admin.site.site_header = "llm-proxy"
 admin.site.site_title = "llm-proxy admin"
+admin.site.login_form = ThrottledAdminLoginForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -4,6 +4,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from routing import keyring
 from routing.models import ModelRoute, Provider, ProviderKey
@@ -46,6 +48,7 @@ class ProviderKeyForm(forms.ModelForm):
             self.add_error("secret", "A new key needs its secret.")
         return cleaned
 
+    @method_decorator(sensitive_variables("secret"))
     def save(self, commit: bool = True) -> ProviderKey:
         key = super().save(commit=False)
         secret = self.cleaned_data.get("secret")
@@ -65,6 +68,10 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     list_select_related = ("provider",)
     readonly_fields = ("masked_secret", "created_at", "updated_at")
     fields = ("provider", "label", "secret", "weight", "enabled", *readonly_fields)
+
+    @method_decorator(sensitive_post_parameters("secret"))
+    def changeform_view(self, *args: Any, **kwargs: Any) -> Any:
+        return super().changeform_view(*args, **kwargs)
 
     @admin.display(description="Secret")
     def masked_secret(self, obj: ProviderKey) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.views.decorators.debug import sensitive_variables
 
 from routing import keyring
 from routing.models import ModelRoute, Provider, ProviderKey
@@ -146,6 +147,7 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+@sensitive_variables()
 def _expand(value: Any, environ: Mapping[str, str]) -> Any:
     """Expand ${NAME} and ${NAME:-default} in string values (one file, many environments)."""
     if isinstance(value, str):
@@ -166,6 +168,7 @@ def _expand(value: Any, environ: Mapping[str, str]) -> Any:
     return value
 
 
+@sensitive_variables("environ")
 def load(path: Path, *, environ: Mapping[str, str]) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -198,6 +201,7 @@ def _sync(obj: models.Model, values: dict[str, Any], report: ConfigReport, label
     report.add(f"created {label}" if creating else f"updated {label} ({', '.join(changed)})")
 
 
+@sensitive_variables()  # the environment and the provider keys read from it
 def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigReport:
     unknown = sorted(set(data) - {"tiers", "providers", "routes", "tenants"})
     if unknown:
@@ -257,6 +261,7 @@ def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigR
     return report
 
 
+@sensitive_variables()
 def _apply(
     tiers: dict[str, dict[str, Any]],
     providers: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],

@@ -15,6 +15,7 @@ from functools import lru_cache
 import httpx
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 
 class KeyringError(Exception):
@@ -31,6 +32,7 @@ def _current() -> MultiFernet:
     return _fernet(tuple(settings.PROXY_ENCRYPTION_KEYS))
 
 
+@sensitive_variables("plaintext")
 def seal(plaintext: str) -> tuple[str, str]:
     """Encrypt a provider key; returns (ciphertext, last four characters for display)."""
     if not plaintext or plaintext != plaintext.strip():
@@ -56,6 +58,7 @@ def reseal(ciphertext: str) -> str:
         raise KeyringError("A provider key cannot be decrypted for rotation.") from None
 
 
+@sensitive_variables("plaintext")
 def matches(ciphertext: str, plaintext: str) -> bool:
     """Whether a stored key holds this plaintext (config apply compares without re-sealing)."""
     try:

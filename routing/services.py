@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
 
 from routing import keyring
 from routing.models import ModelRoute, Provider, ProviderKey
@@ -35,6 +36,7 @@ def provider_create(
     return provider
 
 
+@sensitive_variables("secret")
 def provider_key_create(
     *, provider: Provider, label: str, secret: str, weight: int = 1, enabled: bool = True
 ) -> ProviderKey:
@@ -45,6 +47,7 @@ def provider_key_create(
     return key
 
 
+@sensitive_variables("secret")
 def provider_key_set_secret(*, key: ProviderKey, secret: str) -> ProviderKey:
     key.secret_ciphertext, key.last4 = keyring.seal(secret)
     key.save(update_fields=["secret_ciphertext", "last4", "updated_at"])

@@ -195,8 +195,10 @@ def start_proxy(
         "JWT_ALGORITHMS": "EdDSA,HS256",
         "PROXY_CONTEXT_TTL": str(SERVER_CONTEXT_TTL),
         "LOG_LEVEL": "DEBUG",
-        # Keep-alives start after a second, so tests of slow providers stay short.
+        # Keep-alives start after a second, so tests of slow providers stay short; the
+        # ledger lands in the database within a fifth of a second.
         "PROXY_STREAM_KEEPALIVE": "1",
+        "PROXY_LEDGER_DRAIN_INTERVAL": "0.2",
         **(extra_env or {}),
     }
     log = log_path.open("wb")

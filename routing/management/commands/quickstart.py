@@ -8,6 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_variables
 
 from routing.config import ConfigError, config_apply, load
 from tenants.selectors import tenant_get
@@ -33,6 +35,7 @@ class Command(BaseCommand):
             "--url", default="http://127.0.0.1:8000", help="Where the proxy listens."
         )
 
+    @method_decorator(sensitive_variables("environ"))
     def handle(self, *args: Any, config: Path, tenant: str, url: str, **options: Any) -> None:
         if settings.PRODUCTION:
             raise CommandError("quickstart is for development; it refuses PROXY_ENV=production.")
