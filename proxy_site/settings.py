@@ -313,6 +313,8 @@ else:
 
 PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
+# Chat parameters beyond OpenAI's own to pass on (comma-separated), for providers with extras.
+PROXY_EXTRA_CHAT_FIELDS = frozenset(env_list("PROXY_EXTRA_CHAT_FIELDS"))
 # The most tokens one request may reserve (prompt estimate + completion allowance).
 PROXY_MAX_REQUEST_TOKENS = env_int("PROXY_MAX_REQUEST_TOKENS", 2_000_000, minimum=1000)
 # How long a process trusts its cached view of a tenant (tier, routes, keys) before reading

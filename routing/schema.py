@@ -17,6 +17,35 @@ from routing.errors import ProxyError
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_TOKENS_LIMIT = 10_000_000
 
+# The chat-completions parameters OpenAI documents. Like OpenAI, the proxy refuses others
+# ("Unrecognized request argument"), so nothing unvetted reaches a provider on the pool's
+# keys; PROXY_EXTRA_CHAT_FIELDS admits more (say, vLLM's top_k).
+KNOWN_FIELDS = frozenset(
+    {
+        "model", "messages", "audio", "frequency_penalty", "function_call", "functions",
+        "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata",
+        "modalities", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+        "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+        "service_tier", "stop", "store", "stream", "stream_options", "temperature",
+        "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+        "web_search_options",
+    }
+)  # fmt: skip
+# Fields whose type the proxy checks before a provider sees them.
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "tools": list,
+    "functions": list,
+    "tool_choice": (str, dict),
+    "response_format": dict,
+    "metadata": dict,
+    "logit_bias": dict,
+    "user": str,
+    "seed": int,
+    "parallel_tool_calls": bool,
+    "store": bool,
+    "logprobs": bool,
+}
+
 
 def _invalid(message: str, *, param: str | None = None) -> NoReturn:
     raise ProxyError(400, message, code="invalid_request", param=param)
@@ -34,6 +63,12 @@ class ChatRequest:
     include_usage: bool  # the client asked for the usage chunk
     max_tokens: int | None
     messages: list[dict[str, Any]]
+
+
+def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # JSON true is no integer, whatever Python thinks
+        return kind is bool
+    return isinstance(value, kind)
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> None:
@@ -55,7 +90,9 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
+def parse_chat_request(
+    raw: bytes, *, max_messages: int, extra_fields: frozenset[str] = frozenset()
+) -> ChatRequest:
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -68,6 +105,16 @@ def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
         _invalid("The request body is not valid JSON.")
     if not isinstance(body, dict):
         _invalid("The request body must be a JSON object.")
+    unknown = sorted(set(body) - KNOWN_FIELDS - extra_fields)
+    if unknown:
+        _invalid(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+    for name, kind in _TYPES.items():
+        value = body.get(name)
+        if value is not None and not _has_type(value, kind):
+            _invalid(f"`{name}` has the wrong type.", param=name)
+    if body.get("service_tier") not in (None, "auto", "default"):
+        # A dearer (or cheaper) tier than the route is priced at: the bill would be wrong.
+        _invalid("`service_tier` may only be auto or default here.", param="service_tier")
 
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -81,7 +128,8 @@ def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             _invalid(f"`{where}` must be an object.", param=where)
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             _invalid(f"`{where}.role` must be one of {', '.join(sorted(ROLES))}.", param=where)
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):

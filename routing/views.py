@@ -54,6 +54,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response = await _chat_completions(request, request_id, headers)
     except ProxyError as error:
         response = error_response(error)
+    except Exception:
+        # A bug, not a verdict on the request: logged in full, answered in the API's shape.
+        logger.exception("%s failed", request_id)
+        response = error_response(ProxyError(500, "The proxy failed.", code="internal_error"))
     for name, value in headers.items():
         response.headers.setdefault(name, value)
     return response
@@ -66,7 +70,9 @@ async def _chat_completions(
         raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
     context = await aauthenticate(request)
     raw = request.body
-    chat = parse_chat_request(raw, max_messages=settings.PROXY_MAX_MESSAGES)
+    chat = parse_chat_request(
+        raw, max_messages=settings.PROXY_MAX_MESSAGES, extra_fields=settings.PROXY_EXTRA_CHAT_FIELDS
+    )
     routes = context.routes_for(chat.model)
     if not routes:
         # The same answer whether the model exists in another tier or nowhere.
