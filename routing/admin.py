@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from routing import keyring
 from routing.models import ModelRoute, Provider, ProviderKey
+from usage.counters import key_health_get
 
 
 @admin.register(Provider)
@@ -62,11 +67,51 @@ class ProviderKeyForm(forms.ModelForm):
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(admin.ModelAdmin):
     form = ProviderKeyForm
-    list_display = ("label", "provider", "masked_secret", "weight", "enabled", "updated_at")
+    list_display = (
+        "label",
+        "provider",
+        "masked_secret",
+        "weight",
+        "state",
+        "requests",
+        "last_error",
+        "last_error_at",
+    )
     list_filter = ("provider", "enabled")
     search_fields = ("label", "provider__slug")
     list_select_related = ("provider",)
-    readonly_fields = ("masked_secret", "created_at", "updated_at")
+    readonly_fields = (
+        "masked_secret",
+        "state",
+        "disabled_reason",
+        "last_error",
+        "last_error_at",
+        "created_at",
+        "updated_at",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderKey]:
+        return super().get_queryset(request).annotate(request_count=Count("usage_records"))
+
+    @admin.display(description="Requests", ordering="request_count")
+    def requests(self, key: ProviderKey) -> int:
+        return getattr(key, "request_count", 0)
+
+    @admin.display(description="State")
+    def state(self, key: ProviderKey) -> str:
+        """Healthy, resting after a 429 (shared through Redis), or off."""
+        if not key.enabled:
+            return f"off: {key.disabled_reason}" if key.disabled_reason else "off"
+        shared = key_health_get().get(key.pk, "")
+        if shared == "off":
+            return "off (being recorded)"
+        if shared.startswith("cool:"):
+            until = int(shared[5:]) / 1000
+            if until > time.time():
+                moment = datetime.fromtimestamp(until, tz=UTC).strftime("%H:%M:%S UTC")
+                return f"resting until {moment}"
+        return "healthy"
+
     fields = ("provider", "label", "secret", "weight", "enabled", *readonly_fields)
 
     @method_decorator(sensitive_post_parameters("secret"))

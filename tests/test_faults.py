@@ -20,6 +20,8 @@ import httpx
 import openai
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client
 
 from routing.models import Provider, ProviderKey
 from routing.services import provider_create, provider_key_create, route_create
@@ -108,6 +110,17 @@ def chat(
     )
 
 
+def key_admin_page() -> str:
+    staff = User.objects.filter(username="staff").first() or User.objects.create_superuser(
+        "staff", "staff@example.com", "pw-staff-123!"
+    )
+    client = Client()
+    client.force_login(staff)
+    page = client.get("/admin/routing/providerkey/")
+    assert page.status_code == 200
+    return page.content.decode()
+
+
 def one_row(tenant: Tenant, *, count: int = 1) -> UsageRecord:
     def landed() -> list[UsageRecord]:
         rows = list(UsageRecord.objects.filter(tenant=tenant).order_by("created_at"))
@@ -153,6 +166,17 @@ def test_it_serves_a_rate_limited_key_from_the_other_and_rests_it_everywhere(
     assert {r["api_key"] for r in mock.requests()} == {pool.secrets["b"]}
     key = ProviderKey.objects.get(pk=pool.key_a.pk)
     assert key.enabled and "429" in key.last_error
+    # Staff see it: resting (read live from Redis), its last error, its requests.
+    page = key_admin_page()
+    if settings.REDIS_URL:
+        assert "resting until" in page
+    assert "429 from the provider; resting 30s" in page
+    expected_rows = served + 6 * len(targets)
+    eventually(lambda: one_row(pool.tenant, count=expected_rows))
+    counts = [UsageRecord.objects.filter(provider_key=k).count() for k in (pool.key_a, pool.key_b)]
+    page = key_admin_page()
+    for count in counts:
+        assert f'<td class="field-requests">{count}</td>' in page
 
 
 def test_it_switches_off_a_refused_key(proxy: LiveProxy, world: World, mock: MockServer) -> None:
@@ -174,6 +198,8 @@ def test_it_switches_off_a_refused_key(proxy: LiveProxy, world: World, mock: Moc
 
     key = eventually(switched_off)
     assert "401" in key.disabled_reason and "401" in key.last_error
+    page = key_admin_page()
+    assert "off: 401 from the provider: key refused" in page
     mock.reset()
     for _ in range(5):
         assert chat(proxy, world, pool.tenant).status_code == 200

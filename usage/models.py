@@ -21,7 +21,7 @@ class UsageRecord(models.Model):
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="+")
     route = models.ForeignKey(ModelRoute, on_delete=models.SET_NULL, null=True, related_name="+")
     provider_key = models.ForeignKey(
-        ProviderKey, on_delete=models.SET_NULL, null=True, related_name="+"
+        ProviderKey, on_delete=models.SET_NULL, null=True, related_name="usage_records"
     )
     model = models.CharField(max_length=200, help_text="The public model name requested.")
     provider_slug = models.CharField(max_length=50)
