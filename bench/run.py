@@ -4,6 +4,8 @@
     .venv/bin/python bench/run.py            # full run, about 3 minutes
     .venv/bin/python bench/run.py --quick    # smoke run, about 30 seconds
     .venv/bin/python bench/run.py --compare-clients   # which load generator to use
+    .venv/bin/python bench/run.py --baseline-ref REF --redis-url redis://...
+                                             # also an older revision's proxy, same rounds
 
 The script starts its own mock provider and proxy (Daphne) on free loopback ports, in a
 temporary var dir with a temporary SQLite database unless --database-url / --redis-url (or
@@ -11,7 +13,10 @@ DATABASE_URL / REDIS_URL) name other stores, and stops them on exit, Ctrl-C incl
 
 Each scenario (route x stream x concurrency) is measured in several short rounds that alternate
 direct (client -> mock) and proxy (client -> proxy -> mock), so both see the same machine
-conditions; the report gives both sides' figures and their ratio. See bench/README.md.
+conditions; the report gives both sides' figures and their ratio. With --baseline-ref, a third
+target joins the rotation: the proxy built from an older git revision (a detached worktree,
+its own var dir and SQLite file), so the cost of everything added since shows as current vs
+baseline, measured in the same rounds. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -137,6 +143,14 @@ def anthropic_spec(*, port: int, stream: bool) -> RequestSpec:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """A second proxy to measure beside the current one: where it listens, and its token."""
+
+    port: int
+    token: str
+
+
+@dataclass(frozen=True)
 class Scenario:
     route: str  # "openai" or "anthropic": the kind of provider the proxy routes to
     stream: bool
@@ -146,18 +160,27 @@ class Scenario:
     def label(self) -> str:
         return f"{self.route} {'stream' if self.stream else 'non-stream'} c={self.concurrency}"
 
-    def specs(self, *, mock_port: int, proxy_port: int, token: str) -> dict[str, RequestSpec]:
+    def specs(
+        self, *, mock_port: int, proxy_port: int, token: str, baseline: Endpoint | None = None
+    ) -> dict[str, RequestSpec]:
+        model = "auto" if self.route == "openai" else "claude-bench"
         if self.route == "openai":
             direct = openai_spec(
                 port=mock_port, bearer=MOCK_KEY, model="mock-model", stream=self.stream
             )
-            proxy = openai_spec(port=proxy_port, bearer=token, model="auto", stream=self.stream)
         else:
             direct = anthropic_spec(port=mock_port, stream=self.stream)
-            proxy = openai_spec(
-                port=proxy_port, bearer=token, model="claude-bench", stream=self.stream
+        specs = {
+            "direct": direct,
+            "proxy": openai_spec(port=proxy_port, bearer=token, model=model, stream=self.stream),
+        }
+        if baseline is not None:
+            # Byte for byte the current proxy's request but for the port and the token, so
+            # the two proxies are asked exactly the same thing.
+            specs["baseline"] = openai_spec(
+                port=baseline.port, bearer=baseline.token, model=model, stream=self.stream
             )
-        return {"direct": direct, "proxy": proxy}
+        return specs
 
 
 def scenarios() -> list[Scenario]:
@@ -561,9 +584,54 @@ class ScenarioResult:
         mock = self.tallies["direct"].cpu_ms_per_request().get("mock")
         return proxy / mock if proxy is not None and mock else None
 
-    def round_ratios(self) -> list[float]:
-        direct, proxy = self.tallies["direct"].round_rps, self.tallies["proxy"].round_rps
-        return [p / d for d, p in zip(direct, proxy, strict=True) if d]
+    def round_ratios(self, over: str = "direct", target: str = "proxy") -> list[float]:
+        """target's req/s over `over`'s, round by round (both measured in the same round)."""
+        below, above = self.tallies[over].round_rps, self.tallies[target].round_rps
+        return [a / b for b, a in zip(below, above, strict=True) if b]
+
+    def own_cpu(self, target: str) -> float | None:
+        """CPU ms per request of the process serving `target` (mock for direct)."""
+        process = "mock" if target == "direct" else target
+        return self.tallies[target].cpu_ms_per_request().get(process)
+
+    def vs_baseline(self) -> dict[str, Any] | None:
+        """The current proxy against the baseline proxy: what the newer code costs."""
+        if "baseline" not in self.tallies:
+            return None
+        base, current = self.tallies["baseline"], self.tallies["proxy"]
+        bl, cl = percentiles_ms(base.latencies), percentiles_ms(current.latencies)
+        base_cpu, current_cpu, mock_cpu = (self.own_cpu(t) for t in ("baseline", "proxy", "direct"))
+        out: dict[str, Any] = {
+            "rps_ratio": round(current.rps / base.rps, 4) if base.rps else None,
+            "round_rps_ratios": [round(r, 4) for r in self.round_ratios("baseline")],
+            "baseline_rps_vs_direct": (
+                round(base.rps / self.tallies["direct"].rps, 4)
+                if self.tallies["direct"].rps
+                else None
+            ),
+            "added_latency_ms": {k: round(cl[k] - bl[k], 3) for k in ("p50", "p99")},
+            "cpu_ms_per_request": {
+                "proxy": None if current_cpu is None else round(current_cpu, 3),
+                "baseline": None if base_cpu is None else round(base_cpu, 3),
+            },
+            "added_cpu_ms_per_request": (
+                round(current_cpu - base_cpu, 3)
+                if current_cpu is not None and base_cpu is not None
+                else None
+            ),
+            # As with proxy_cpu_vs_direct_mock: both in units of the mock's CPU per direct
+            # request, which contention disturbs far less than either absolute figure.
+            "baseline_cpu_vs_direct_mock": (
+                round(base_cpu / mock_cpu, 2) if base_cpu is not None and mock_cpu else None
+            ),
+            "cpu_ratio": (
+                round(current_cpu / base_cpu, 3) if current_cpu is not None and base_cpu else None
+            ),
+        }
+        if base.ttfbs and current.ttfbs:
+            bt, ct = percentiles_ms(base.ttfbs), percentiles_ms(current.ttfbs)
+            out["added_ttfb_ms"] = {k: round(ct[k] - bt[k], 3) for k in ("p50", "p99")}
+        return out
 
     def summary(self) -> dict[str, Any]:
         direct, proxy = self.tallies["direct"], self.tallies["proxy"]
@@ -583,6 +651,9 @@ class ScenarioResult:
         if direct.ttfbs and proxy.ttfbs:
             dt, pt = percentiles_ms(direct.ttfbs), percentiles_ms(proxy.ttfbs)
             out["added_ttfb_ms"] = {k: round(pt[k] - dt[k], 3) for k in ("p50", "p99")}
+        if "baseline" in self.tallies:
+            out["baseline"] = self.tallies["baseline"].summary()
+            out["vs_baseline"] = self.vs_baseline()
         return out
 
 
@@ -628,8 +699,10 @@ async def run_scenario(
             # Opens the connections (the proxy's upstream pool too) and fills the caches.
             await measure(sessions[target], specs[target], concurrency=c, seconds=warmup, pids={})
         for index in range(rounds):
-            # Alternate who goes first, so a drift in machine load hits both sides alike.
-            order = targets if index % 2 == 0 else targets[::-1]
+            # Rotate who goes first, so a drift in machine load hits every target alike. With
+            # two targets this is plain alternation; with three, each takes every position.
+            shift = index % len(targets)
+            order = targets[shift:] + targets[:shift]
             figures = []
             for target in order:
                 phase = await measure(
@@ -676,16 +749,20 @@ def _tail(path: Path, lines: int = 40) -> str:
 class Processes:
     """The child processes of this run: started here, and always stopped here."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], *, root: Path = REPO_ROOT) -> None:
         self.workdir = workdir
         self.env = env
+        # The checkout the children run from: this one, or a baseline worktree. Both the
+        # script and `-m` put their directory first on sys.path, ahead of the venv's editable
+        # install of this checkout, so the code imported is root's.
+        self.root = root
         self.children: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
     def manage(self, *args: str, timeout: float = 180) -> str:
         """Run a management command to completion; its stdout, or BenchError with stderr."""
         result = subprocess.run(
             [sys.executable, "manage.py", *args],
-            cwd=REPO_ROOT,
+            cwd=self.root,
             env=self.env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -706,7 +783,7 @@ class Processes:
         try:
             process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=self.root,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
@@ -749,12 +826,12 @@ class Processes:
             time.sleep(0.02)
         raise self.failed("mock", f"did not listen within {timeout}s")
 
-    def start_proxy(self, *, timeout: float = 60) -> int:
+    def start_proxy(self, *, name: str = "proxy", timeout: float = 60) -> int:
         # Daphne cannot report a port it chose itself, so one is picked here; the tiny race
         # with another process taking it in between would show up as a start-up failure.
         port = free_port()
         process = self.spawn(
-            "proxy",
+            name,
             [
                 sys.executable,
                 "-m",
@@ -769,14 +846,14 @@ class Processes:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise self.failed("proxy", f"exited with status {process.returncode}")
+                raise self.failed(name, f"exited with status {process.returncode}")
             try:
                 # Any HTTP answer (401 without a token) means Django is loaded and serving.
                 httpx.get(f"http://{HOST}:{port}/v1/models", timeout=2, trust_env=False)
                 return port
             except httpx.HTTPError:
                 time.sleep(0.05)
-        raise self.failed("proxy", f"did not answer within {timeout}s")
+        raise self.failed(name, f"did not answer within {timeout}s")
 
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, (process, _) in self.children.items()}
@@ -844,6 +921,240 @@ def child_env(workdir: Path, stores: Stores, mock_port: int | None) -> dict[str,
     if mock_port is not None:
         env["BENCH_MOCK_PORT"] = str(mock_port)
     return env
+
+
+# --- the baseline: an older revision's proxy, measured beside the current one ---------------
+
+
+def git(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", *args],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class BaselineRev:
+    ref: str  # as given on the command line
+    commit: str  # the full hash it names
+    title: str  # short hash and subject, for the report
+    commits_between: list[str]  # short hash and subject of each commit from it to HEAD
+
+
+def resolve_baseline(ref: str) -> BaselineRev:
+    """The commit REF names, checked before anything is started."""
+    found = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    commit = found.stdout.strip()
+    if found.returncode != 0 or not commit:
+        raise BenchError(
+            f"--baseline-ref {ref}: no such commit in {REPO_ROOT} (see `git log --oneline`)"
+        )
+    title = git("log", "-1", "--format=%h %s", commit).stdout.strip()
+    between = git("log", "--format=%h %s", f"{commit}..HEAD").stdout.splitlines()
+    return BaselineRev(ref, commit, title or commit[:7], between)
+
+
+def remove_worktree(tree: Path) -> None:
+    """Best effort: a leftover worktree only clutters `git worktree list`, so warn, not fail."""
+    removed = git("worktree", "remove", "--force", str(tree))
+    if removed.returncode != 0 and tree.exists():
+        log(f"bench: could not remove the worktree {tree}: {removed.stderr.strip()}")
+    # Clears the registration too when the directory went away by other means.
+    git("worktree", "prune")
+
+
+# Where the old apply_config names a field or section it does not know, e.g.
+# "[tiers.bench]: unknown field(s) foo, bar." or "Unknown top-level section(s): limits."
+UNKNOWN_FIELDS = re.compile(r"(\[[^\s:]*(?: #\d+)?): unknown field\(s\) ([\w, -]+)\.")
+UNKNOWN_SECTIONS = re.compile(r"Unknown top-level section\(s\): ([\w, -]+)\.")
+TABLE_WHERE = re.compile(r"^\[(\w+)\.([^\]]+)\](?:\.(\w+)\[(\d+)\])?$")
+ARRAY_WHERE = re.compile(r"^\[\[(\w+)\]\] #(\d+)$")
+
+
+def _strip_unknown(data: dict[str, Any], error: str) -> list[str]:
+    """Drop what the old code's error names from the parsed config; what was dropped."""
+    dropped: list[str] = []
+    sections = UNKNOWN_SECTIONS.search(error)
+    if sections:
+        for name in sections.group(1).split(", "):
+            if data.pop(name, None) is not None:
+                dropped.append(f"[{name}]")
+    for where, names in UNKNOWN_FIELDS.findall(error):
+        table: Any = None
+        if match := TABLE_WHERE.match(where):
+            section, slug, array, index = match.groups()
+            table = data.get(section, {}).get(slug)
+            if array is not None and isinstance(table, dict):
+                items = table.get(array, [])
+                table = items[int(index)] if int(index) < len(items) else None
+        elif match := ARRAY_WHERE.match(where):
+            items = data.get(match.group(1), [])
+            index = int(match.group(2)) - 1
+            table = items[index] if 0 <= index < len(items) else None
+        if not isinstance(table, dict):
+            continue
+        for name in names.split(", "):
+            if table.pop(name, None) is not None:
+                dropped.append(f"{where}.{name}")
+    return dropped
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string (json.dumps never writes the one escape
+        # TOML lacks, "\/").
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + pairs + " }"
+    raise BenchError(f"cannot write {value!r} back as TOML")
+
+
+def _named_tables(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and bool(value) and all(isinstance(t, dict) for t in value.values())
+    )
+
+
+def _table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, dict) for t in value)
+
+
+def toml_dumps(data: dict[str, Any]) -> str:
+    """Enough TOML for the shape of bench/config.toml: named tables, arrays of tables."""
+    # Plain keys first: after the first [header] they would belong to that table.
+    lines = [
+        f"{_toml_key(k)} = {_toml_value(v)}"
+        for k, v in data.items()
+        if not _named_tables(v) and not _table_array(v)
+    ]
+    for name, section in data.items():
+        if _named_tables(section):
+            headed = [(f"[{_toml_key(name)}.{_toml_key(slug)}]", t) for slug, t in section.items()]
+        elif _table_array(section):
+            headed = [(f"[[{_toml_key(name)}]]", t) for t in section]
+        else:
+            continue
+        for header, table in headed:
+            lines += ["", header]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+    text = "\n".join(lines) + "\n"
+    # A writer this small gets checked, not trusted.
+    try:
+        same = tomllib.loads(text) == data
+    except tomllib.TOMLDecodeError:
+        same = False
+    if not same:
+        raise BenchError("the baseline's copy of the bench config did not read back the same")
+    return text
+
+
+def apply_config_compatible(processes: Processes, workdir: Path) -> list[str]:
+    """Apply this tree's bench/config.toml with the old code, minus what the old code lacks.
+
+    The old apply_config validates everything before writing, in one transaction, and names
+    the first unknown thing it meets, so a refused file changes nothing and the next attempt
+    can go on from there. Returns what had to be left out (empty: the file as it is).
+    """
+    dropped: list[str] = []
+    path = CONFIG_FILE
+    data = tomllib.loads(CONFIG_FILE.read_text())
+    for _ in range(20):
+        try:
+            processes.manage("apply_config", str(path))
+            return dropped
+        except BenchError as exc:
+            newly = _strip_unknown(data, str(exc))
+            if not newly:
+                raise
+            dropped += newly
+            path = workdir / "config-for-baseline.toml"
+            path.write_text(toml_dumps(data))
+            log(f"bench: the baseline's config schema lacks {', '.join(newly)}; left out")
+    raise BenchError("the baseline's apply_config kept refusing the bench config")
+
+
+@dataclass
+class Baseline:
+    rev: BaselineRev
+    workdir: Path
+    tree: Path
+    processes: Processes
+    port: int = 0
+    token: str = ""
+    config_dropped: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.port, self.token)
+
+
+def baseline_env(workdir: Path, mock_port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # The old code predates the counter store and must not share the current proxy's stores.
+    for name in ("REDIS_URL", "DATABASE_URL"):
+        env.pop(name, None)
+    env.update(
+        {
+            # Its own dev secrets (so its own JWT keys and token), static dir and database,
+            # migrated by its own migrations.
+            "PROXY_VAR_DIR": str(workdir / "var"),
+            "DATABASE_URL": f"sqlite:///{workdir / 'baseline.sqlite3'}",
+            "LOG_LEVEL": "WARNING",
+            "BENCH_MOCK_KEY": MOCK_KEY,
+            "BENCH_MOCK_PORT": str(mock_port),
+        }
+    )
+    return env
+
+
+def new_baseline(rev: BaselineRev, workdir: Path, mock_port: int) -> Baseline:
+    """Nothing started yet: the caller holds this before start_baseline, so that its finally
+    block can stop the baseline and remove its worktree however far start-up got."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = baseline_env(workdir, mock_port)
+    return Baseline(rev, workdir, workdir / "tree", Processes(workdir, env))
+
+
+def start_baseline(baseline: Baseline) -> None:
+    """Check out the revision in a detached worktree and serve it like the current proxy."""
+    rev, tree, workdir = baseline.rev, baseline.tree, baseline.workdir
+    added = git("worktree", "add", "--detach", str(tree), rev.commit, timeout=120)
+    if added.returncode != 0:
+        raise BenchError(f"git worktree add {rev.ref} failed: {added.stderr.strip()}")
+    baseline.processes.root = tree
+    # Cheap insurance against measuring the current code twice: the venv holds an editable
+    # install of this checkout, which must lose to the worktree on sys.path.
+    where = subprocess.run(
+        [sys.executable, "-c", "import routing; print(routing.__file__)"],
+        cwd=tree,
+        env=baseline.processes.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout.strip()
+    if not where or not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise BenchError(f"the baseline would import {where or 'nothing'}, not {tree}")
+    baseline.processes.manage("migrate", "--noinput")
+    baseline.config_dropped = apply_config_compatible(baseline.processes, workdir)
+    baseline.token = baseline.processes.manage("issue_token", "bench", "--ttl", "1d").strip()
+    baseline.port = baseline.processes.start_proxy(name="baseline")
 
 
 @contextmanager
@@ -935,13 +1246,13 @@ def _cpu_cell(tally: Tally, target: str) -> str:
     return " · ".join(parts) or "n/a"
 
 
-def _ratio_cell(result: ScenarioResult) -> str:
-    direct, proxy = result.tallies["direct"], result.tallies["proxy"]
-    if not direct.rps:
+def _ratio_cell(result: ScenarioResult, over: str = "direct", target: str = "proxy") -> str:
+    below, above = result.tallies[over], result.tallies[target]
+    if not below.rps:
         return "n/a"
-    rounds = result.round_ratios()
+    rounds = result.round_ratios(over, target)
     spread = f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
-    return f"{proxy.rps / direct.rps:.2f}x{spread}"
+    return f"{above.rps / below.rps:.2f}x{spread}"
 
 
 def scenario_rows(result: ScenarioResult) -> list[str]:
@@ -984,8 +1295,139 @@ def table(results: list[ScenarioResult], *, stream: bool) -> list[str]:
     return lines
 
 
+def baseline_rows(result: ScenarioResult, baseline_name: str) -> list[str]:
+    """Rows: direct, baseline, current, and current vs baseline; latency = whole response."""
+    label = result.scenario.label
+    rows = []
+    mock_cpu = result.own_cpu("direct")
+    stats: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    names = {"direct": "direct", "baseline": f"baseline {baseline_name}", "proxy": "current"}
+    for target, name in names.items():
+        tally = result.tallies[target]
+        lat = percentiles_ms(tally.latencies)
+        ttfb = percentiles_ms(tally.ttfbs) if tally.ttfbs else {"p50": math.nan, "p99": math.nan}
+        stats[target] = (lat, ttfb)
+        cpu = result.own_cpu(target)
+        if cpu is None:
+            cpu_cell = "n/a"
+        elif target == "direct":
+            cpu_cell = f"mock {cpu:.2f}"
+        else:
+            times = f" = {cpu / mock_cpu:.1f}x mock's direct" if mock_cpu else ""
+            cpu_cell = f"{cpu:.2f}{times}"
+        cells = [
+            label if target == "direct" else "",
+            name,
+            f"{tally.rps:.1f}",
+            "" if target == "direct" else _ratio_cell(result, "direct", target),
+            _ms(ttfb["p50"]),
+            _ms(lat["p50"]),
+            _ms(lat["p99"]),
+            str(tally.errors),
+            cpu_cell,
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    (bl, bt), (cl, ct) = stats["baseline"], stats["proxy"]
+    current_cpu, base_cpu = result.own_cpu("proxy"), result.own_cpu("baseline")
+    if current_cpu is None or base_cpu is None:
+        cpu_cell = "n/a"
+    else:
+        times = f" ({current_cpu / base_cpu:.2f}x)" if base_cpu else ""
+        cpu_cell = f"**{_delta(current_cpu - base_cpu)}{times}**"
+    cells = [
+        "",
+        "**current vs baseline**",
+        f"**{_ratio_cell(result, 'baseline', 'proxy')}**",
+        "",
+        _delta(ct["p50"] - bt["p50"]),
+        f"**{_delta(cl['p50'] - bl['p50'])}**",
+        f"**{_delta(cl['p99'] - bl['p99'])}**",
+        "",
+        cpu_cell,
+    ]
+    rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def baseline_section(meta: dict[str, Any], results: list[ScenarioResult]) -> list[str]:
+    base = meta["baseline"]
+    short = base["title"].split(" ", 1)[0]
+    embedded = meta["stores"]["counters"].startswith("embedded")
+    out = [
+        f"## Current proxy vs baseline `{short}`: what admission and settlement cost",
+        "",
+        f"Baseline = the proxy built from `{base['title']}` (`--baseline-ref {base['ref']}`), "
+        "served the same way from a detached worktree with the same Python, measured in the "
+        "same rounds against the same mock (order direct → current → baseline, rotated every "
+        "round). The difference is everything between the two revisions "
+        f"({len(base['commits_between'])} commits, listed below): the admission Lua script "
+        "before forwarding (weekly caps, rate limits, concurrency, the reservation) and the "
+        "settlement script after it (release, bill, ledger stream entry); the ledger moved off "
+        "the response path into Redis streams and an in-process drainer (the baseline inserts "
+        "one usage row per request into the database before answering); key health; "
+        "first-byte / idle / total deadlines and stream backpressure; and the hot-path "
+        "tuning done since. "
+        f"The baseline used {base['database']} and no counter store; the current proxy used "
+        f"{meta['stores']['counters']}.",
+        "",
+    ]
+    if embedded:
+        out += [
+            "**Not a production-like figure:** this run gave the current proxy no Redis, so its "
+            "admission and settlement scripts ran in-process through fakeredis/lupa, which is "
+            "much slower than Redis. Run with `--redis-url redis://...` (a scratch DB number) "
+            "for the figure that matters.",
+            "",
+        ]
+    else:
+        out += [
+            "The current proxy ran against a real Redis (`--redis-url`), the production-like "
+            "setting; without it, its scripts run in-process through fakeredis/lupa, which is "
+            "much slower.",
+            "",
+        ]
+    if base["config_dropped"]:
+        out += [
+            "The baseline's config schema lacked "
+            + ", ".join(f"`{d}`" for d in base["config_dropped"])
+            + ", so it got `bench/config.toml` without them.",
+            "",
+        ]
+    head = [
+        "scenario",
+        "target",
+        "req/s",
+        "vs direct",
+        "TTFB p50 ms",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "own CPU ms/request",
+    ]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for result in results:
+        out += baseline_rows(result, short)
+    out += [
+        "",
+        "How to read: `req/s` on the **current vs baseline** row is current ÷ baseline "
+        "throughput (min-max over the rounds in brackets); the latency cells are current minus "
+        "baseline in ms (TTFB for streams only; p50/p99 of the whole response), so at c = 1 "
+        "they are the added cost per request. Own CPU = the serving process's CPU per "
+        "request (the mock's for direct); its difference is the added CPU per request and, "
+        "in brackets, current ÷ baseline.",
+        "",
+        f"Commits from `{short}` to this run's HEAD:",
+        "",
+    ]
+    out += [f"- `{line}`" for line in base["commits_between"]]
+    out.append("")
+    return out
+
+
 def markdown_report(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
     m = meta["machine"]
+    base = meta.get("baseline")
+    order = "rotating direct/proxy/baseline" if base else "alternating direct/proxy"
     out = [
         "# llm-proxy benchmark: proxy vs direct-to-mock",
         "",
@@ -997,7 +1439,7 @@ def markdown_report(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         f"- Stores: database {meta['stores']['database']}; counters and cache "
         f"{meta['stores']['counters']}",
         f"- Run: {meta['mode']} mode, {meta['rounds']} rounds of {meta['seconds']} s per target "
-        f"per scenario, alternating direct/proxy, after {meta['warmup']} s warm-up each; "
+        f"per scenario, {order}, after {meta['warmup']} s warm-up each; "
         f"load generator `{meta['client']}` (one asyncio process, one keep-alive connection "
         "per concurrent request)",
         f"- Upstream: the mock provider, {MOCK_CHUNKS} content chunks per reply, no delay; "
@@ -1005,6 +1447,14 @@ def markdown_report(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         f"- Proxy resident memory: {meta['proxy_rss_mb']['start']} MiB after start-up, "
         f"{meta['proxy_rss_mb']['end']} MiB after the run "
         f"({meta['proxy_requests_served']} measured requests)",
+    ]
+    if base:
+        out.append(
+            f"- Baseline proxy: `{base['title']}`; resident memory {base['rss_mb']['start']} "
+            f"MiB after start-up, {base['rss_mb']['end']} MiB after the run "
+            f"({base['requests_served']} measured requests); see the last section"
+        )
+    out += [
         "",
         "Direct = client → mock. Proxy = client → proxy (JWT, limits, routing, usage accounting) "
         "→ mock. "
@@ -1045,10 +1495,12 @@ def markdown_report(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         "last byte.",
         "",
     ]
+    if base:
+        out += baseline_section(meta, results)
     errors = [
         (r.scenario.label, t, r.tallies[t].first_error)
         for r in results
-        for t in ("direct", "proxy")
+        for t in r.tallies
         if r.tallies[t].first_error
     ]
     if errors:
@@ -1062,18 +1514,29 @@ def markdown_report(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
 
 
 async def bench_async(
-    args: argparse.Namespace, *, mock_port: int, proxy_port: int, token: str, pids: dict[str, int]
+    args: argparse.Namespace,
+    *,
+    mock_port: int,
+    proxy_port: int,
+    token: str,
+    pids: dict[str, int],
+    baseline: Endpoint | None = None,
 ) -> list[ScenarioResult]:
     chosen = [s for s in scenarios() if not args.only or any(o in s.label for o in args.only)]
+
+    def specs_of(scenario: Scenario) -> dict[str, RequestSpec]:
+        return scenario.specs(
+            mock_port=mock_port, proxy_port=proxy_port, token=token, baseline=baseline
+        )
+
     # Every kind of request to every target once, before timing anything.
     for scenario in chosen:
         if scenario.concurrency == 1:
-            specs = scenario.specs(mock_port=mock_port, proxy_port=proxy_port, token=token)
-            for target, spec in specs.items():
+            for target, spec in specs_of(scenario).items():
                 await probe(spec, args.client, f"{scenario.label} {target}")
     results = []
     for scenario in chosen:
-        specs = scenario.specs(mock_port=mock_port, proxy_port=proxy_port, token=token)
+        specs = specs_of(scenario)
         results.append(
             await run_scenario(
                 scenario,
@@ -1092,9 +1555,13 @@ def run_bench(args: argparse.Namespace) -> int:
     started = time.monotonic()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     machine = machine_info()
+    # A mistyped ref must fail before anything is started.
+    rev = resolve_baseline(args.baseline_ref) if args.baseline_ref else None
     workdir = Path(tempfile.mkdtemp(prefix="llm-proxy-bench-"))
     stores = choose_stores(args, workdir)
     processes = Processes(workdir, child_env(workdir, stores, None))
+    baseline: Baseline | None = None
+    base_rss: dict[str, float | None] = {"start": None, "end": None}
     try:
         log(f"bench: work dir {workdir}; database {stores.database_label}")
         # The mock needs no database, so it starts while the schema is migrated.
@@ -1106,9 +1573,17 @@ def run_bench(args: argparse.Namespace) -> int:
         proxy_port = processes.start_proxy()
         proxy_pid = processes.pids()["proxy"]
         rss_start = process_rss_mb(proxy_pid)
+        pids = processes.pids()
+        if rev is not None:
+            log(f"bench: baseline {rev.title}")
+            baseline = new_baseline(rev, workdir / "baseline", mock_port)
+            start_baseline(baseline)
+            pids |= baseline.processes.pids()
+            base_rss["start"] = process_rss_mb(pids["baseline"])
         log(
-            f"bench: mock on :{mock_port}, proxy on :{proxy_port}; setup took "
-            f"{time.monotonic() - started:.1f} s"
+            f"bench: mock on :{mock_port}, proxy on :{proxy_port}"
+            + (f", baseline on :{baseline.port}" if baseline else "")
+            + f"; setup took {time.monotonic() - started:.1f} s"
         )
         try:
             results = asyncio.run(
@@ -1117,24 +1592,36 @@ def run_bench(args: argparse.Namespace) -> int:
                     mock_port=mock_port,
                     proxy_port=proxy_port,
                     token=token,
-                    pids=processes.pids(),
+                    pids=pids,
+                    baseline=baseline.endpoint if baseline else None,
                 )
             )
         except BenchError as exc:
             # A failed probe is nearly always explained by the proxy's own log.
-            raise BenchError(f"{exc}\nproxy output:\n{processes.output('proxy')}") from None
+            problem = f"{exc}\nproxy output:\n{processes.output('proxy')}"
+            if baseline is not None:
+                problem += f"\nbaseline output:\n{baseline.processes.output('baseline')}"
+            raise BenchError(problem) from None
         # Memory that grows with the requests served shows here (the whole run's worth).
         rss_end = process_rss_mb(proxy_pid)
+        if baseline is not None:
+            base_rss["end"] = process_rss_mb(pids["baseline"])
         if any(t.errors for r in results for t in r.tallies.values()):
             log(f"bench: there were errors; proxy output:\n{processes.output('proxy')}")
+            if baseline is not None:
+                log(f"bench: baseline output:\n{baseline.processes.output('baseline')}")
     finally:
         processes.stop()
+        if baseline is not None:
+            baseline.processes.stop()
+            # Before the work dir goes: the worktree lives inside it.
+            remove_worktree(baseline.tree)
         if args.keep_tmp:
             log(f"bench: kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    meta = {
+    meta: dict[str, Any] = {
         "date": date,
         "machine": machine,
         "stores": {"database": stores.database_label, "counters": stores.counters_label},
@@ -1149,6 +1636,17 @@ def run_bench(args: argparse.Namespace) -> int:
         # Measured requests only; the warm-ups and probes served before rss_end come on top.
         "proxy_requests_served": sum(r.tallies["proxy"].requests for r in results),
     }
+    if baseline is not None:
+        meta["baseline"] = {
+            "ref": baseline.rev.ref,
+            "commit": baseline.rev.commit,
+            "title": baseline.rev.title,
+            "commits_between": baseline.rev.commits_between,
+            "database": "SQLite, its own temporary file",
+            "config_dropped": baseline.config_dropped,
+            "rss_mb": base_rss,
+            "requests_served": sum(r.tallies["baseline"].requests for r in results),
+        }
     meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = markdown_report(meta, results)
     data = {"meta": meta, "scenarios": [r.summary() for r in results]}
@@ -1241,6 +1739,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--database-url", help="the proxy's database (default: temporary SQLite)")
     parser.add_argument("--redis-url", help="the proxy's Redis (default: embedded store)")
+    parser.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        help="also measure the proxy built from git revision REF (a detached worktree, own "
+        "SQLite and var dir, no Redis) in the same rounds, and report current vs baseline",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument(
         "--output",
@@ -1261,6 +1765,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.rounds < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--rounds must be >= 1, --seconds > 0 and --warmup >= 0")
+    if args.baseline_ref and args.compare_clients:
+        parser.error("--baseline-ref measures proxies; --compare-clients measures no proxy")
     return args
 
 
@@ -1273,7 +1779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"bench: {exc}")
         return 2
     except KeyboardInterrupt:
-        log("bench: interrupted; the mock and the proxy were stopped")
+        log("bench: interrupted; the mock and the proxy (and any baseline) were stopped")
         return 130
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
@@ -261,6 +261,19 @@ def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigR
     return report
 
 
+_M = TypeVar("_M", Tier, Provider)
+
+
+def _named(model: type[_M], known: dict[str, _M], slug: str, where: str) -> _M:
+    """A tier or provider the file refers to: one it defines, or one already in the database."""
+    if slug not in known:
+        found = model.objects.filter(slug=slug).first()
+        if found is None:
+            raise ConfigError(f"{where}: no {model._meta.verbose_name} {slug!r}.")
+        known[slug] = found
+    return known[slug]
+
+
 @sensitive_variables()
 def _apply(
     tiers: dict[str, dict[str, Any]],
@@ -276,12 +289,7 @@ def _apply(
         tier_objs[slug] = tier
 
     def tier_named(slug: str, where: str) -> Tier:
-        if slug not in tier_objs:
-            found = Tier.objects.filter(slug=slug).first()
-            if found is None:
-                raise ConfigError(f"{where}: no tier {slug!r}.")
-            tier_objs[slug] = found
-        return tier_objs[slug]
+        return _named(Tier, tier_objs, slug, where)
 
     provider_objs: dict[str, Provider] = {}
     for slug, (values, keys) in providers.items():
@@ -311,12 +319,7 @@ def _apply(
             _sync(stale, {"enabled": False}, report, f"key {slug}/{stale.label}")
 
     def provider_named(slug: str, where: str) -> Provider:
-        if slug not in provider_objs:
-            found = Provider.objects.filter(slug=slug).first()
-            if found is None:
-                raise ConfigError(f"{where}: no provider {slug!r}.")
-            provider_objs[slug] = found
-        return provider_objs[slug]
+        return _named(Provider, provider_objs, slug, where)
 
     listed_routes: dict[int, set[int]] = {}
     for index, values in enumerate(routes):

@@ -19,7 +19,7 @@ import httpx
 from django.conf import settings
 
 from routing.adapters import Adapter, adapter_for
-from routing.adapters.base import upstream_error
+from routing.adapters.base import error_message_of, upstream_error
 from routing.context import PooledKey, Route
 from routing.errors import ProxyError
 from routing.health import key_health
@@ -89,7 +89,6 @@ async def _read_error_body(response: httpx.Response) -> bytes:
 
 async def asend_once(
     *,
-    adapter: Adapter,
     route: Route,
     key: PooledKey,
     url: str,
@@ -135,7 +134,7 @@ async def asend_once(
         raw = b""
     finally:
         await response.aclose()
-    message = adapter.error_message(raw)
+    message = error_message_of(raw)
     retry_after = response.headers.get("retry-after")
     raise UpstreamError(
         upstream_error(
@@ -182,7 +181,6 @@ async def aopen(
             attempt.count += 1
             try:
                 response = await asend_once(
-                    adapter=adapter,
                     route=route,
                     key=key,
                     url=url,

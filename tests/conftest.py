@@ -27,6 +27,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, connections
+from django.test import TransactionTestCase
 
 from proxy_site.jwtkeys import generate_signing_jwk, public_jwk
 from routing.models import Provider, ProviderKey
@@ -270,10 +271,49 @@ def redis_flushed() -> None:
     counters.sync_client().flushdb()
 
 
+def _quiet(timeout: float = 3.0) -> None:
+    """Wait until the live servers have moved every settled request into the database."""
+    if not settings.REDIS_URL:
+        return
+    client = counters.sync_client()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(client.xlen(key) for key in client.scan_iter(match=counters.LEDGER_PATTERN)):
+            return
+        time.sleep(0.05)
+
+
 @pytest.fixture
-def proxy(live_proxy: LiveProxy, transactional_db: None, redis_flushed: None) -> LiveProxy:
+def proxy(
+    live_proxy: LiveProxy, transactional_db: None, redis_flushed: None
+) -> Iterator[LiveProxy]:
     """The live proxy, with the database visible to it (committed, flushed after the test)."""
-    return live_proxy
+    yield live_proxy
+    # The server keeps writing the ledger for a moment after a test's last request; the
+    # flush that follows must not race it (PostgreSQL would find a deadlock).
+    _quiet()
+
+
+def _flush_with_retry(original: Callable[..., None]) -> Callable[..., None]:
+    def teardown(self: Any) -> None:
+        for attempt in range(3):
+            try:
+                original(self)
+                return
+            except Exception as exc:  # CommandError wrapping a deadlock, or the deadlock
+                raced = "deadlock" in str(exc) or "couldn't be flushed" in str(exc)
+                if not raced or attempt == 2:
+                    raise
+                time.sleep(0.2)
+
+    return teardown
+
+
+# The live server is another process writing to the test database; a flush that meets one
+# of its writes can deadlock on PostgreSQL. Retrying is enough: the server is idle by then.
+TransactionTestCase._fixture_teardown = _flush_with_retry(  # type: ignore[method-assign]
+    TransactionTestCase._fixture_teardown
+)
 
 
 # --- the world: tiers, providers, keys, routes, and tenants alice and bob ------------------

@@ -6,8 +6,21 @@ from django.http import HttpRequest
 from usage.models import UsageRecord, WeekReset
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records nobody edits: staff read them, the proxy writes them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     """The ledger is append-only: staff read it here, nobody edits it."""
 
     list_display = (
@@ -27,29 +40,11 @@ class UsageRecordAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("tenant",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
 
 @admin.register(WeekReset)
-class WeekResetAdmin(admin.ModelAdmin):
+class WeekResetAdmin(ReadOnlyAdmin):
     """The audit trail of forgiven weeks (made with the tenant admin's reset action)."""
 
     list_display = ("created_at", "tenant", "week", "tokens", "cost_usd", "created_by")
     list_filter = ("week",)
     search_fields = ("tenant__slug",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False

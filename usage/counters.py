@@ -92,10 +92,25 @@ def tenant_id_of_ledger(key: str) -> int:
 
 # --- scripts -------------------------------------------------------------------------------
 
+# Shared by ADMIT and SETTLE: give a reservation's amounts back to the tenant's total.
+_RELEASE = """
+local function release(resv_amt, resv_tot, id)
+  local amount = redis.call('HGET', resv_amt, id)
+  if amount then
+    local sep = string.find(amount, '|', 1, true)
+    redis.call('HINCRBY', resv_tot, 'tokens', 0 - tonumber(string.sub(amount, 1, sep - 1)))
+    redis.call('HINCRBY', resv_tot, 'nanos', 0 - tonumber(string.sub(amount, sep + 1)))
+    redis.call('HDEL', resv_amt, id)
+  end
+end
+"""
+
 # Admission: check concurrency, requests per minute and both weekly caps, and only if all
 # pass take a lease, a slot in the minute and a reservation of the worst case. Nothing is
 # written for a refused request, so a refusal never eats into the next one's allowance.
-ADMIT = """
+ADMIT = (
+    _RELEASE
+    + """
 local week, resv, resv_amt = KEYS[1], KEYS[2], KEYS[3]
 local resv_tot, inflight, rpm = KEYS[4], KEYS[5], KEYS[6]
 local now = tonumber(ARGV[1])
@@ -113,13 +128,7 @@ end
 -- Reservations of processes that died before settling expire here (their TTL heals them).
 local expired = redis.call('ZRANGEBYSCORE', resv, '-inf', now)
 for _, id in ipairs(expired) do
-  local amount = redis.call('HGET', resv_amt, id)
-  if amount then
-    local sep = string.find(amount, '|', 1, true)
-    redis.call('HINCRBY', resv_tot, 'tokens', 0 - tonumber(string.sub(amount, 1, sep - 1)))
-    redis.call('HINCRBY', resv_tot, 'nanos', 0 - tonumber(string.sub(amount, sep + 1)))
-    redis.call('HDEL', resv_amt, id)
-  end
+  release(resv_amt, resv_tot, id)
 end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', resv, '-inf', now)
@@ -163,12 +172,15 @@ redis.call('HINCRBY', resv_tot, 'nanos', est_nanos)
 redis.call('PEXPIRE', resv_tot, resv_ttl)
 return {'ok', used_tokens, held_tokens + est_tokens, in_window + 1}
 """
+)
 
 # Settlement: once per request id. Releases the reservation and the lease, adds the actual
 # usage to the week (if the week's counters are live; a week not yet rebuilt counts it from
 # the ledger stream when it is) and appends the ledger entry, all in one atomic step. An
 # empty record adds no entry: reconciliation of a row already in the database.
-SETTLE = """
+SETTLE = (
+    _RELEASE
+    + """
 local week, resv, resv_amt, resv_tot = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local inflight, done, ledger = KEYS[5], KEYS[6], KEYS[7]
 local rid, tokens, nanos = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -183,13 +195,7 @@ end
 redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
 redis.call('ZADD', done, now + done_ttl, rid)
 redis.call('PEXPIRE', done, done_ttl)
-local amount = redis.call('HGET', resv_amt, rid)
-if amount then
-  local sep = string.find(amount, '|', 1, true)
-  redis.call('HINCRBY', resv_tot, 'tokens', 0 - tonumber(string.sub(amount, 1, sep - 1)))
-  redis.call('HINCRBY', resv_tot, 'nanos', 0 - tonumber(string.sub(amount, sep + 1)))
-  redis.call('HDEL', resv_amt, rid)
-end
+release(resv_amt, resv_tot, rid)
 redis.call('ZREM', resv, rid)
 redis.call('ZREM', inflight, rid)
 if redis.call('HGET', week, 'seeded') == '1' then
@@ -201,6 +207,7 @@ if record ~= '' then
 end
 return 1
 """
+)
 
 # Seeding a week from the ledger: the database's sum (drained entries) plus the entries
 # still in the stream (not drained). Run under the tenant lock, so no entry is in both.

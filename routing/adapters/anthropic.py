@@ -249,13 +249,3 @@ class AnthropicAdapter:
 
     def stream(self, *, route: Route, chat: ChatRequest) -> AnthropicStream:
         return AnthropicStream(model=route.upstream_model, include_usage=chat.include_usage)
-
-    def error_message(self, raw: bytes) -> str | None:
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            return None
-        error = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-        return None

@@ -45,10 +45,6 @@ class Adapter(Protocol):
 
     def stream(self, *, route: Route, chat: ChatRequest) -> StreamTranslator: ...
 
-    def error_message(self, raw: bytes) -> str | None:
-        """The human message inside a provider's error body, if it has one."""
-        ...
-
 
 def upstream_error(*, status: int, message: str | None, retry_after: str | None) -> ProxyError:
     """What the client sees for a provider's non-2xx answer.
@@ -98,3 +94,16 @@ def sse_data(obj: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+def error_message_of(raw: bytes) -> str | None:
+    """The human message in a provider's error body: OpenAI's and Anthropic's shapes both
+    carry it at error.message (some OpenAI-compatible servers send error as a string)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return error if isinstance(error, str) else None

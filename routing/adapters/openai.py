@@ -106,15 +106,3 @@ class OpenAIAdapter:
 
     def stream(self, *, route: Route, chat: ChatRequest) -> OpenAIStream:
         return OpenAIStream(include_usage=chat.include_usage)
-
-    def error_message(self, raw: bytes) -> str | None:
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            return None
-        error = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-        if isinstance(error, str):
-            return error
-        return None
