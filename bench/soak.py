@@ -51,6 +51,7 @@ from bench.run import (  # noqa: E402
     Stores,
     _RawConnection,
     child_env,
+    free_port,
     log,
     machine_info,
     redact,
@@ -308,7 +309,8 @@ class Result:
     request_id: str | None
     admitted: bool | None  # None: unknown (no response)
     upstream_id: str | None  # the mock's record id, from the answer's "id"
-    seconds: float
+    seconds: float  # request sent -> response complete (or given up)
+    t: float = 0.0  # when it completed, in seconds since the load started
 
 
 def _headers(head: bytes) -> dict[str, str]:
@@ -397,6 +399,7 @@ class Load:
     seed: int
     rotator: FaultRotator
     stop: asyncio.Event
+    started: float = field(default_factory=time.monotonic)
     results: list[Result] = field(default_factory=list)
 
     async def connect(self) -> SoakConnection:
@@ -426,15 +429,18 @@ class Load:
                         reply = await conn.send(kind.raw)
                 except TimeoutError:
                     self._failed(kind, phase, "client timeout", started)
-                    conn = _drop(conn)
+                    _drop(conn)
+                    conn = None
                     continue
                 except OSError as exc:  # ConnectionError included: refused, reset, lost
                     self._failed(kind, phase, f"transport error: {exc}"[:120], started)
-                    conn = _drop(conn)
+                    _drop(conn)
+                    conn = None
                     await asyncio.sleep(0.05)  # a refusing proxy must not become a busy loop
                     continue
                 took = time.perf_counter() - started
                 result = classify(kind, phase, reply, conn.head, conn.aborted, took)
+                result.t = round(time.monotonic() - self.started, 2)
                 self.results.append(result)
                 if conn.aborted:
                     conn = None  # closed on purpose; the next request opens a new one
@@ -443,7 +449,8 @@ class Load:
 
     def _failed(self, kind: Kind, phase: str, outcome: str, started: float) -> None:
         took = time.perf_counter() - started
-        self.results.append(Result(kind.name, phase, outcome, 0, None, None, None, took))
+        t = round(time.monotonic() - self.started, 2)
+        self.results.append(Result(kind.name, phase, outcome, 0, None, None, None, took, t))
 
 
 def _drop(conn: SoakConnection | None) -> None:
@@ -482,9 +489,11 @@ def proc_sample(pid: int, t: float, requests: int) -> Sample:
 async def sampler(
     pid: int, load: Load, samples: list[Sample], started: float, every: float
 ) -> None:
-    while not load.stop.is_set():
+    # Only while the load is at full strength: the workers' wind-down after the deadline
+    # (connections closing one by one) would read as a drop in open fds.
+    while not load.stop.is_set() and time.monotonic() < load.deadline:
         samples.append(proc_sample(pid, time.monotonic() - started, len(load.results)))
-        await _sleep_or_stop(load.stop, every)
+        await _sleep_or_stop(load.stop, min(every, load.deadline - time.monotonic()))
 
 
 @dataclass
@@ -524,6 +533,61 @@ async def mock_poller(mock: httpx.AsyncClient, records: MockRecords, stop: async
         await _sleep_or_stop(stop, 2.0)
 
 
+class RedisWatch:
+    """Notices when someone else empties the soak's Redis DB while it runs.
+
+    The Redis server may be shared (the test suite's FLUSHALL empties every DB on it). A
+    flush throws away the ledger entries not yet drained, exactly as the README says for an
+    unpersisted Redis, so the ledger check would fail for a reason that is not the proxy's.
+    A canary key, looked at every second, tells when that happened.
+    """
+
+    CANARY = "soak:canary"
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.wipes: list[float] = []  # seconds since the load started
+        self.flush_calls_before: dict[str, int] = {}
+
+    async def _flush_calls(self, client: Any) -> dict[str, int]:
+        stats = await client.info("commandstats")
+        return {
+            name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("flushall", "flushdb")
+        }
+
+    async def run(self, started: float, stop: asyncio.Event) -> None:
+        if not self.url:
+            return
+        import redis.asyncio as aredis
+
+        client = aredis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            self.flush_calls_before = await self._flush_calls(client)
+            await client.set(self.CANARY, "1")
+            while not stop.is_set():
+                await _sleep_or_stop(stop, 1.0)
+                if not await client.exists(self.CANARY):
+                    self.wipes.append(round(time.monotonic() - started, 1))
+                    log(f"soak: someone else emptied the soak's Redis DB (t={self.wipes[-1]} s)")
+                    await client.set(self.CANARY, "1")
+        finally:
+            await client.aclose()
+
+    async def finish(self) -> dict[str, Any]:
+        if not self.url:
+            return {"watched": False, "wipes": [], "flush_calls": {}}
+        import redis.asyncio as aredis
+
+        client = aredis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            after = await self._flush_calls(client)
+        finally:
+            await client.aclose()
+        calls = {k: after[k] - self.flush_calls_before.get(k, 0) for k in after}
+        return {"watched": True, "wipes": self.wipes, "flush_calls": calls}
+
+
 # --- stores ----------------------------------------------------------------------------------
 
 
@@ -532,6 +596,7 @@ class SoakStores:
     stores: Stores
     created_database: str | None  # a database this run created (and drops at the end)
     redis_url: str | None  # flushed at the start and the end
+    flush_at_end: bool = True  # not a private redis-server, which simply stops
 
 
 def _postgres_admin_url(url: str) -> tuple[str, str]:
@@ -630,8 +695,44 @@ def choose_stores(args: argparse.Namespace, workdir: Path) -> SoakStores:
     )
 
 
+def start_private_redis(processes: Processes, *, timeout: float = 10) -> str:
+    """A redis-server of the run's own on a free loopback port: nobody else can flush it."""
+    import redis
+
+    if shutil.which("redis-server") is None:
+        raise BenchError("--private-redis needs redis-server on PATH")
+    port = free_port()
+    process = processes.spawn(
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(processes.workdir),
+        ],
+    )
+    url = f"redis://{HOST}:{port}/0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise processes.failed("redis", f"exited with status {process.returncode}")
+        try:
+            if redis.Redis.from_url(url, socket_timeout=1).ping():
+                return url
+        except redis.RedisError:
+            time.sleep(0.05)
+    raise processes.failed("redis", f"did not answer within {timeout}s")
+
+
 def release_stores(stores: SoakStores) -> None:
-    if stores.redis_url:
+    if stores.redis_url and stores.flush_at_end:
         try:
             _flush_redis(stores.redis_url)
         except Exception as exc:  # cleanup must not hide the run's own outcome
@@ -897,6 +998,13 @@ def analyse(
         "no_response": no_response,
         "rows": len(rows),
         "missing": missing,
+        # Where the missing rows come from: what the client saw, and when.
+        "missing_by": Counter(
+            f"{seen[rid].kind}: {seen[rid].outcome} (phase {seen[rid].phase})" for rid in missing
+        ).most_common(10),
+        "missing_t": [min(seen[rid].t for rid in missing), max(seen[rid].t for rid in missing)]
+        if missing
+        else None,
         "refused_with_row": refused_with_row,
         "unknown_rows": unknown_rows,
         "disagree": disagree,
@@ -951,8 +1059,24 @@ def checks(
     results: list[Result],
     ledger: dict[str, Any],
     log_summary: dict[str, Any],
+    watch: dict[str, Any],
 ) -> list[Check]:
     out = []
+    if watch["watched"]:
+        calls = watch["flush_calls"]
+        out.append(
+            Check(
+                "the soak's Redis DB was left alone by other processes",
+                not watch["wipes"],
+                (
+                    f"emptied from outside at t = {', '.join(map(str, watch['wipes']))} s"
+                    if watch["wipes"]
+                    else "its canary key stayed"
+                )
+                + f"; FLUSHALL / FLUSHDB calls on the server during the load: "
+                f"{calls.get('flushall')} / {calls.get('flushdb')}",
+            )
+        )
     fds = resources.get("fds")
     if fds:
         out.append(
@@ -1004,7 +1128,13 @@ def checks(
             rows_ok,
             f"{a['rows']} rows, {a['admitted']} admitted; {len(a['missing'])} admitted without "
             f"a row, {len(a['refused_with_row'])} refused with a row, {len(a['unknown_rows'])} "
-            f"rows for no response seen ({a['no_response']} requests got no response)",
+            f"rows for no response seen ({a['no_response']} requests got no response)"
+            + (
+                "; NOT the proxy's doing if the Redis DB was emptied from outside (above): the "
+                "entries not yet drained went with it"
+                if watch["wipes"] and a["missing"]
+                else ""
+            ),
         )
     )
     out.append(
@@ -1196,10 +1326,12 @@ def markdown_report(meta: dict[str, Any], data: dict[str, Any]) -> str:
         f"(polled every 0.5 s after the load stopped)",
     ]
     for c in a["counters"]:
-        out.append(
-            f"- Week {c['week']}: ledger {c['ledger_tokens']} tokens / {c['ledger_nanos']} "
-            f"nano-USD; counter {_cell(c['counter_tokens'])} / {_cell(c['counter_nanos'])}"
+        line = (
+            f"- Week {c['week']}: ledger {c['ledger_tokens']} tokens / {c['ledger_nanos']} nano-USD"
         )
+        if c["counter_tokens"] is not None:
+            line += f"; Redis counter {c['counter_tokens']} / {_cell(c['counter_nanos'])}"
+        out.append(line)
     if a["admin_usage"] is not None:
         out.append(f"- Embedded counters, from the admin page: {a['admin_usage']}")
     mk = a["mock"]
@@ -1227,7 +1359,15 @@ def markdown_report(meta: dict[str, Any], data: dict[str, Any]) -> str:
         out += ["", "First disagreements:", ""]
         out += [f"- `{json.dumps(d)}`" for d in a["disagree"][:5]]
     if a["missing"]:
-        out += ["", f"Admitted without a row (first 5): {', '.join(a['missing'][:5])}"]
+        first, last = a["missing_t"]
+        out += [
+            "",
+            f"Admitted without a row: {len(a['missing'])}, completed between t = {first} and "
+            f"{last} s of the load; first ids {', '.join(a['missing'][:3])}. By kind, outcome "
+            "and phase:",
+            "",
+        ]
+        out += [f"- {what}: {n}" for what, n in a["missing_by"]]
     logs = data["proxy_log"]
     out += ["", "## Proxy log", ""]
     out.append(
@@ -1248,7 +1388,13 @@ def markdown_report(meta: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 async def soak_async(
-    args: argparse.Namespace, *, mock_port: int, proxy_port: int, token: str, proxy_pid: int
+    args: argparse.Namespace,
+    *,
+    mock_port: int,
+    proxy_port: int,
+    token: str,
+    proxy_pid: int,
+    redis_url: str | None,
 ) -> dict[str, Any]:
     mock = httpx.AsyncClient(base_url=f"http://{HOST}:{mock_port}", timeout=10, trust_env=False)
     try:
@@ -1268,13 +1414,16 @@ async def soak_async(
             seed=args.seed,
             rotator=rotator,
             stop=stop,
+            started=started,
         )
         samples: list[Sample] = []
         records = MockRecords()
+        watch = RedisWatch(redis_url)
         helpers = [
             asyncio.create_task(rotator.run(started, stop)),
             asyncio.create_task(sampler(proxy_pid, load, samples, started, args.sample_seconds)),
             asyncio.create_task(mock_poller(mock, records, stop)),
+            asyncio.create_task(watch.run(started, stop)),
         ]
 
         async def progress() -> None:
@@ -1298,8 +1447,8 @@ async def soak_async(
                 with_timeout = asyncio.wait_for(task, timeout=10)
                 try:
                     await with_timeout
-                except (TimeoutError, httpx.HTTPError) as exc:
-                    log(f"soak: a helper task failed at the end: {exc!r}")
+                except Exception as exc:  # reported, but the run's figures still stand
+                    log(f"soak: a helper task failed: {exc!r}")
         load_seconds = time.monotonic() - started
         # The sampler's last sample is the end under load. This one is taken with the
         # client's connections closed, so it shows what the proxy holds at rest.
@@ -1312,6 +1461,7 @@ async def soak_async(
             "records": records,
             "timeline": rotator.timeline,
             "load_seconds": load_seconds,
+            "redis_watch": await watch.finish(),
         }
     finally:
         await mock.aclose()
@@ -1323,19 +1473,23 @@ def run_soak(args: argparse.Namespace) -> int:
     machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="llm-proxy-soak-"))
     stores: SoakStores | None = None
-    processes: Processes | None = None
+    processes = Processes(workdir, dict(os.environ))
     try:
-        stores = choose_stores(args, workdir)
         log(f"soak: work dir {workdir}")
+        if args.private_redis:
+            args.redis_url = start_private_redis(processes)
+        stores = choose_stores(args, workdir)
+        if args.private_redis:
+            stores.flush_at_end = False
+            stores.stores.counters_label = f"Redis, a private redis-server on {args.redis_url}"
         log(f"soak: database {stores.stores.database_label}")
         log(f"soak: counters {stores.stores.counters_label}")
-        env = child_env(workdir, stores.stores, None)
-        env.update(
+        processes.env = child_env(workdir, stores.stores, None)
+        processes.env.update(
             SOAK_OPENAI_KEY_1=OPENAI_KEY_1,
             SOAK_OPENAI_KEY_2=OPENAI_KEY_2,
             SOAK_ANTHROPIC_KEY=ANTHROPIC_KEY,
         )
-        processes = Processes(workdir, env)
         mock_port = processes.start_mock()
         processes.manage("migrate", "--noinput")
         processes.env.update(child_env(workdir, stores.stores, mock_port))
@@ -1349,7 +1503,12 @@ def run_soak(args: argparse.Namespace) -> int:
         )
         run = asyncio.run(
             soak_async(
-                args, mock_port=mock_port, proxy_port=proxy_port, token=token, proxy_pid=proxy_pid
+                args,
+                mock_port=mock_port,
+                proxy_port=proxy_port,
+                token=token,
+                proxy_pid=proxy_pid,
+                redis_url=stores.redis_url,
             )
         )
         results: list[Result] = run["results"]
@@ -1363,8 +1522,7 @@ def run_soak(args: argparse.Namespace) -> int:
         after = proc_sample(proxy_pid, time.monotonic() - began, len(results))
         proxy_log = summarise_log(processes.children["proxy"][1])
     finally:
-        if processes is not None:
-            processes.stop()
+        processes.stop()
         if stores is not None and not args.keep:
             release_stores(stores)
         if args.keep:
@@ -1377,7 +1535,7 @@ def run_soak(args: argparse.Namespace) -> int:
     )
     resources = resource_summary(samples, start_index)
     analysis = analyse(results, ledger, run["records"], admin_usage)
-    found = checks(analysis, resources, results, ledger, proxy_log)
+    found = checks(analysis, resources, results, ledger, proxy_log, run["redis_watch"])
     meta = {
         "date": date,
         "machine": machine,
@@ -1408,6 +1566,7 @@ def run_soak(args: argparse.Namespace) -> int:
         "after_load": asdict(after),
         "samples": [asdict(s) for s in samples],
         "ledger_drain": ledger["drain"],
+        "redis_watch": run["redis_watch"],
         "proxy_log": proxy_log,
     }
     report = markdown_report(meta, data)
@@ -1451,6 +1610,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--redis-url",
         help=f"the proxy's Redis, FLUSHDB at start and end (default: {DEFAULT_REDIS_URL}; "
         "the embedded store if Redis is unreachable)",
+    )
+    parser.add_argument(
+        "--private-redis",
+        action="store_true",
+        help="start a redis-server of the run's own (immune to other jobs' FLUSHALL)",
     )
     parser.add_argument(
         "--embedded", action="store_true", help="SQLite and the embedded counter store"

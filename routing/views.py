@@ -114,15 +114,17 @@ async def _chat_completions(
             # stream opens anyway and keep-alive comments hold it until the answer starts.
             done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
             if not done:
-                return _event_stream(_relay_when_open(opening, chat, meter, deadline))
+                relay = _relay_when_open(opening, chat, meter, deadline)
+                return _event_stream(relay, meter, opening=opening)
         opened = await opening
-    except ProxyError as error:
-        meter.failed(status=_status_of(error), http_status=error.status)
-        await asyncio.shield(meter.asettle())
-        raise
-    except asyncio.CancelledError:
+    except BaseException as error:  # settled whatever stopped it; a bug too, then re-raised
         opening.cancel()
-        meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        if isinstance(error, ProxyError):
+            meter.failed(status=_status_of(error), http_status=error.status)
+        elif isinstance(error, asyncio.CancelledError):
+            meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        else:
+            meter.failed(status=UsageRecord.Status.UPSTREAM_ERROR, http_status=500)
         await asyncio.shield(meter.asettle())
         raise
     logger.debug(
@@ -136,7 +138,7 @@ async def _chat_completions(
         attempt.count,
     )
     if chat.stream:
-        return _event_stream(_relay(opened, chat, meter, deadline))
+        return _event_stream(_relay(opened, chat, meter, deadline), meter, opened=opened)
     return await _complete(opened, meter, deadline)
 
 
@@ -146,8 +148,54 @@ def _status_of(error: ProxyError) -> str:
     return UsageRecord.Status.UPSTREAM_ERROR
 
 
-def _event_stream(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+class _EventStream:
+    """A relay, plus what happens if it never runs.
+
+    Django closes a response once it is done with it, and calls close() on streaming content
+    that has one. A client that leaves after the view returned but before the first event was
+    pulled never starts the relay, so its finally (close the provider's stream, settle) never
+    runs: close() does that work instead. Once the relay has run, the bill is settled and this
+    does nothing.
+    """
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        meter: Meter,
+        opened: Opened | None,
+        opening: asyncio.Future[Opened] | None,
+    ) -> None:
+        self.events, self.meter, self.opened, self.opening = events, meter, opened, opening
+        self._cleanup: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.events
+
+    def close(self) -> None:
+        if self.meter.settled:
+            return
+        if self.opening is not None:
+            self.opening.cancel()
+        self.meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
+        self._cleanup = asyncio.get_running_loop().create_task(self._aclose())
+
+    async def _aclose(self) -> None:
+        if self.opened is not None:
+            await self.opened.response.aclose()
+        await self.meter.asettle()
+
+
+def _event_stream(
+    events: AsyncIterator[bytes],
+    meter: Meter,
+    *,
+    opened: Opened | None = None,
+    opening: asyncio.Future[Opened] | None = None,
+) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        _EventStream(events, meter, opened, opening),
+        content_type="text/event-stream; charset=utf-8",
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
