@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 from django.conf import settings
@@ -149,44 +149,47 @@ def _status_of(error: ProxyError) -> str:
 
 
 class _EventStream:
-    """A relay, plus what happens if it never runs.
+    """A relay that is closed properly however its client leaves.
 
     Django closes a response once it is done with it, and calls close() on streaming content
-    that has one. A client that leaves after the view returned but before the first event was
-    pulled never starts the relay, so its finally (close the provider's stream, settle) never
-    runs: close() does that work instead. Once the relay has run, the bill is settled and this
-    does nothing.
+    that has one. That is where the relay is closed too: Django itself closes only its own
+    wrapper around it, leaving the relay's finally (close the provider's stream, bill what
+    was produced) to whenever the garbage collector gets to it. And a client that leaves
+    after the view returned but before the first event was pulled never starts the relay at
+    all, so there is no finally to run: then close() does that work itself.
     """
 
     def __init__(
         self,
-        events: AsyncIterator[bytes],
+        events: AsyncGenerator[bytes, None],
         meter: Meter,
         opened: Opened | None,
         opening: asyncio.Future[Opened] | None,
     ) -> None:
         self.events, self.meter, self.opened, self.opening = events, meter, opened, opening
-        self._cleanup: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.events
 
     def close(self) -> None:
+        if not self.meter.settled and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._aclose())
+
+    async def _aclose(self) -> None:
+        await self.events.aclose()  # a relay that started settles in its own finally
         if self.meter.settled:
             return
         if self.opening is not None:
             self.opening.cancel()
-        self.meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
-        self._cleanup = asyncio.get_running_loop().create_task(self._aclose())
-
-    async def _aclose(self) -> None:
         if self.opened is not None:
             await self.opened.response.aclose()
+        self.meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
         await self.meter.asettle()
 
 
 def _event_stream(
-    events: AsyncIterator[bytes],
+    events: AsyncGenerator[bytes, None],
     meter: Meter,
     *,
     opened: Opened | None = None,
@@ -236,7 +239,7 @@ def _stream_error(meter: Meter, error: ProxyError, status: str) -> bytes:
 
 async def _relay_when_open(
     opening: asyncio.Future[Opened], chat: ChatRequest, meter: Meter, deadline: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         while True:
             done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
@@ -260,7 +263,7 @@ async def _relay_when_open(
 
 async def _relay(
     opened: Opened, chat: ChatRequest, meter: Meter, deadline: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Pass each provider event on the moment it arrives; settle whatever happens.
 
     A provider that stops sending content for the route's idle limit (keep-alive comments

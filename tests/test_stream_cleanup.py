@@ -61,10 +61,22 @@ async def test_it_cancels_an_answer_still_being_opened() -> None:
     assert opening.cancelled() and meter.settled
 
 
-async def test_it_leaves_a_relay_that_ran_alone() -> None:
-    meter = FakeMeter()
-    meter.settled = True  # the relay's own finally settled it
-    opened = FakeOpened()
-    _event_stream(never_pulled(), meter, opened=opened).close()  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    assert meter.status is None and not opened.response.closed
+async def test_it_lets_a_relay_that_started_settle_in_its_own_finally() -> None:
+    meter, opened = FakeMeter(), FakeOpened()
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            yield b"data: one\n\n"
+            yield b"data: two\n\n"
+        finally:
+            meter.status = "billed by the relay"
+            await meter.asettle()
+
+    events = relay()
+    response = _event_stream(events, meter, opened=opened)  # type: ignore[arg-type]
+    assert await anext(aiter(response)) == b"data: one\n\n"
+    response.close()  # the client left mid-stream; Django closed only its own wrapper
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert meter.settled and meter.status == "billed by the relay"
+    assert not opened.response.closed  # the relay's finally owns that (here: a fake relay)
