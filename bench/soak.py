@@ -666,7 +666,9 @@ def choose_stores(args: argparse.Namespace, workdir: Path) -> SoakStores:
     else:
         database_url = args.database_url or DEFAULT_DATABASE_URL
         explicit = args.database_url is not None
-        if not _postgres_reachable(database_url):
+        if explicit and not database_url.startswith(("postgres://", "postgresql://")):
+            database_label = f"{redact(database_url)} (--database-url; kept)"
+        elif not _postgres_reachable(database_url):
             if explicit:
                 raise BenchError(f"--database-url {redact(database_url)} is not reachable")
             database_url = sqlite
@@ -1027,6 +1029,19 @@ def analyse(
         },
         "outcomes": {k: dict(v) for k, v in outcomes.items()},
         "by_phase": {k: dict(v) for k, v in by_phase.items()},
+        # Every answer other than ok or a deliberate refusal, with when it was sent: a fault
+        # in a phase that should have none may be the next phase's, met at the switch.
+        "not_ok": [
+            {
+                "kind": r.kind,
+                "phase": r.phase,
+                "outcome": r.outcome,
+                "sent_t": round(r.t - r.seconds, 2),
+                "seconds": round(r.seconds, 3),
+            }
+            for r in results
+            if r.outcome not in ("ok", "client disconnected") and r.admitted is not False
+        ],
     }
 
 
@@ -1038,12 +1053,16 @@ def resource_summary(samples: list[Sample], start_index: int) -> dict[str, Any]:
         if not values:
             continue
         slope = slope_per_1000(steady, attr)
+        # The second half alone: growth that is only the process warming up (allocator
+        # arenas, pools, caches) flattens out there, while a leak keeps its slope.
+        late = slope_per_1000(steady[len(steady) // 2 :], attr)
         out[attr] = {
             "start": values[0],
             "end": values[-1],
             "min": min(values),
             "max": max(values),
             "slope_per_1000": None if slope is None else round(slope, 3),
+            "slope_second_half": None if late is None else round(late, 3),
         }
     return out
 
@@ -1094,7 +1113,8 @@ def checks(
                 "RSS growth bounded",
                 rss["end"] <= rss["start"] + RSS_MARGIN_MB,
                 f"{rss['start']} -> {rss['end']} MiB (allowed: start + {RSS_MARGIN_MB:.0f} MiB); "
-                f"slope {rss['slope_per_1000']} MiB per 1000 requests",
+                f"slope {rss['slope_per_1000']} MiB per 1000 requests, "
+                f"{rss['slope_second_half']} over the second half",
             )
         )
     statuses = Counter(r.status for r in results)
@@ -1266,10 +1286,16 @@ def markdown_report(meta: dict[str, Any], data: dict[str, Any]) -> str:
         f"- Machine: {m['os']}, nproc {m['nproc']} ({m['cpu']}); Python {m['python']}, "
         f"Django {m['django']}, Daphne {m['daphne']}",
         f"- Stores: database {meta['stores']['database']}; counters {meta['stores']['counters']}",
-        f"- Load: {meta['load_seconds']:.0f} s ({meta['mode']}), {meta['workers']} workers in one "
-        f"asyncio process, closed loop; {meta['requests']} requests "
-        f"({meta['requests'] / meta['load_seconds']:.1f}/s); {meta['disconnect_share']:.0%} of "
-        "streams abandoned by the client after the first content chunk",
+        f"- Load: {meta['seconds']:.0f} s ({meta['mode']}"
+        + (
+            f"; {meta['load_seconds']:.0f} s until the last answer"
+            if meta["load_seconds"] - meta["seconds"] >= 1
+            else ""
+        )
+        + f"), {meta['workers']} workers in one asyncio process, closed loop; "
+        f"{meta['requests']} requests ({meta['requests'] / meta['load_seconds']:.1f}/s); "
+        f"{meta['disconnect_share']:.0%} of streams abandoned by the client after the first "
+        "content chunk",
         f"- Mock: {MOCK_CHUNKS} chunks, first after {MOCK_TTFT * 1000:.0f} ms, then every "
         f"{MOCK_CHUNK_DELAY * 1000:.0f} ms; faults rotated every {meta['phase_seconds']:.0f} s "
         f"after a {meta['warmup']:.0f} s warm-up: {', '.join(p.name for p in FAULT_PHASES)}",
@@ -1304,8 +1330,9 @@ def markdown_report(meta: dict[str, Any], data: dict[str, Any]) -> str:
         "served over that span. Load stopped = just after the last response, the client's "
         "connections closed; drained = after the ledger check.",
         "",
-        "| | start | end | min | max | slope per 1000 requests | load stopped | drained |",
-        "|---|---|---|---|---|---|---|---|",
+        "| | start | end | min | max | slope per 1000 requests | second half | load stopped "
+        "| drained |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     stopped, after = data["stopped"], data["after_load"]
     for attr, label in (("rss_mb", "RSS MiB"), ("fds", "open fds"), ("threads", "threads")):
@@ -1313,7 +1340,8 @@ def markdown_report(meta: dict[str, Any], data: dict[str, Any]) -> str:
         if r:
             out.append(
                 f"| {label} | {r['start']} | {r['end']} | {r['min']} | {r['max']} | "
-                f"{_cell(r['slope_per_1000'])} | {_cell(stopped.get(attr))} | "
+                f"{_cell(r['slope_per_1000'])} | {_cell(r['slope_second_half'])} | "
+                f"{_cell(stopped.get(attr))} | "
                 f"{_cell(after.get(attr))} |"
             )
     out += [
@@ -1544,6 +1572,7 @@ def run_soak(args: argparse.Namespace) -> int:
             "counters": stores.stores.counters_label,
         },
         "mode": "quick" if args.quick else "full",
+        "seconds": args.seconds,
         "load_seconds": run["load_seconds"],
         "warmup": args.warmup,
         "phase_seconds": args.phase_seconds,
