@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -71,16 +70,6 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     if minimum is not None and value < minimum:
         raise _bad(name, raw, f"a number >= {minimum}")
     return value
-
-
-def env_decimal(name: str, default: Decimal) -> Decimal:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return Decimal(raw)
-    except InvalidOperation:
-        raise _bad(name, raw, "a decimal number") from None
 
 
 def env_list(name: str, default: list[str] | None = None) -> list[str]:

@@ -2,7 +2,8 @@
 
 One pooled ``httpx.AsyncClient`` per event loop (Daphne runs one), shared by every request:
 connections to a provider are kept alive and reused instead of paying a TCP and TLS
-handshake per request. Timeouts are set per request from the provider's settings.
+handshake per request. Timeouts are set per request, from the provider's settings
+(routing/upstream.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,3 @@ def upstream_client() -> httpx.AsyncClient:
         )
         _clients[loop] = client
     return client
-
-
-def timeout_for(*, connect: float, read: float) -> httpx.Timeout:
-    return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)

@@ -47,13 +47,6 @@ def provider_key_create(
     return key
 
 
-@sensitive_variables("secret")
-def provider_key_set_secret(*, key: ProviderKey, secret: str) -> ProviderKey:
-    key.secret_ciphertext, key.last4 = keyring.seal(secret)
-    key.save(update_fields=["secret_ciphertext", "last4", "updated_at"])
-    return key
-
-
 def provider_keys_rotate_encryption() -> tuple[int, int]:
     """Re-encrypt every stored key with the newest encryption key.
 

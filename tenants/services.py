@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -83,7 +84,8 @@ def token_issue(*, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = Non
             "JWT_SIGNING_JWK is not set: this proxy only verifies tokens. "
             "Issue them where the signing key lives."
         )
-    jwk: dict[str, Any] = json.loads(raw) if raw.lstrip().startswith("{") else json.load(open(raw))
+    text = raw if raw.lstrip().startswith("{") else Path(raw).read_text()
+    jwk: dict[str, Any] = json.loads(text)
     key = jwt.PyJWK(jwk, algorithm=jwk["alg"])
     now = int(time.time())
     claims = {
