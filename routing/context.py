@@ -9,7 +9,6 @@ request touches no database. Saving any of the models it is built from clears th
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from django.conf import settings
 
 from routing.keyring import KeyringError, ProviderKeyAuth
 from routing.models import ModelRoute, Provider, ProviderKey
+from routing.singleflight import SingleFlight
 from tenants.models import Tenant
 
 _AUTH_HEADER: dict[str, str] = {
@@ -176,7 +176,7 @@ class ContextCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, TenantContext]] = {}
-        self._loading: dict[str, asyncio.Future[TenantContext | None]] = {}
+        self._loads: SingleFlight[str, TenantContext | None] = SingleFlight()
         self._generation = 0
         self._remote_generation: bytes | None = None
         self._polled_at = 0.0
@@ -202,21 +202,11 @@ class ContextCache:
         hit = self._entries.get(slug)
         if hit is not None and hit[0] > now:
             return hit[1]
-        pending = self._loading.get(slug)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[TenantContext | None] = asyncio.get_running_loop().create_future()
-        self._loading[slug] = future
+        return await self._loads.run(slug, lambda: self._aload(slug, now))
+
+    async def _aload(self, slug: str, now: float) -> TenantContext | None:
         generation = self._generation
-        try:
-            context = await database_sync_to_async(_load)(slug)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
-            raise
-        finally:
-            self._loading.pop(slug, None)
-        future.set_result(context)
+        context = await database_sync_to_async(_load)(slug)
         ttl: float = settings.PROXY_CONTEXT_TTL
         # Unknown tenants are not cached, and neither is a load that raced an invalidation.
         if context is not None and ttl > 0 and generation == self._generation:

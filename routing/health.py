@@ -81,7 +81,9 @@ class KeyHealth:
     def _persist(self, key_id: int, *, error: str, disable: bool) -> None:
         # Off the request's path: staff see it in the admin a moment later.
         task = asyncio.get_running_loop().create_task(
-            database_sync_to_async(_record_key_error)(key_id, error, disable)
+            database_sync_to_async(_record_key_error, thread_sensitive=False)(
+                key_id, error, disable
+            )
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

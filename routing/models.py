@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -45,6 +47,17 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        # A request may live as long as total_timeout; its reservation and concurrency lease
+        # must live longer, or they would expire under a request still running.
+        if self.total_timeout and self.total_timeout >= settings.PROXY_RESERVATION_TTL:
+            raise ValidationError(
+                {
+                    "total_timeout": f"Must be under PROXY_RESERVATION_TTL "
+                    f"({settings.PROXY_RESERVATION_TTL} s)."
+                }
+            )
 
 
 class ProviderKey(models.Model):

@@ -20,7 +20,9 @@ class SSEEvent:
 def _parse(block: bytes) -> tuple[str | None, str | None]:
     event: str | None = None
     data_lines: list[str] = []
-    for line in block.decode("utf-8", errors="replace").splitlines():
+    # Split on \n only: str.splitlines() would also split on U+2028, U+2029 and U+0085,
+    # which JSON strings may carry raw.
+    for line in block.decode("utf-8", errors="replace").split("\n"):
         if not line or line.startswith(":"):
             continue
         field, _, value = line.partition(":")
@@ -40,8 +42,11 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer + chunk
         if b"\r" in buffer:
-            # Rare (CRLF framing); normalise so one rule finds event boundaries.
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            # Rare (CRLF framing); normalise so one rule finds event boundaries. A \r that
+            # ends the chunk waits: the next chunk may begin with its \n.
+            held = buffer.endswith(b"\r")
+            body = (buffer[:-1] if held else buffer).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            buffer = body + b"\r" if held else body
         events: list[SSEEvent] = []
         start = 0
         while True:

@@ -40,6 +40,7 @@ class UpstreamError(ProxyError):
         *,
         upstream_status: int | None = None,
         retry_after: float | None = None,
+        request_too_large: bool = False,
     ) -> None:
         super().__init__(
             error.status,
@@ -51,6 +52,9 @@ class UpstreamError(ProxyError):
         )
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        # OpenAI answers 429 "Request too large ... tokens per min" for a request bigger than
+        # the whole per-minute budget: that says nothing about the key.
+        self.request_too_large = request_too_large
 
 
 @dataclass
@@ -99,9 +103,11 @@ async def asend_once(
     """One attempt: the provider's answer with its headers read, or UpstreamError."""
     client = upstream_client()
     provider = route.provider
+    # No read timeout in httpx: the first byte, the idle limit (streams) and the total
+    # deadline are each enforced by the proxy itself, each with its own error.
     timeout = httpx.Timeout(
         connect=provider.connect_timeout,
-        read=provider.idle_timeout,
+        read=None,
         write=provider.idle_timeout,
         pool=provider.connect_timeout,
     )
@@ -126,11 +132,12 @@ async def asend_once(
                 transient=True,
             )
         ) from None
-    if response.status_code < 400:
+    if response.status_code < 300:
         return response
     try:
-        raw = await _read_error_body(response)
-    except httpx.HTTPError:
+        async with asyncio.timeout(min(5.0, max(0.1, deadline - time.monotonic()))):
+            raw = await _read_error_body(response)
+    except (httpx.HTTPError, TimeoutError):
         raw = b""
     finally:
         await response.aclose()
@@ -145,6 +152,7 @@ async def asend_once(
         ),
         upstream_status=response.status_code,
         retry_after=_retry_after(retry_after),
+        request_too_large="too large" in (message or "").lower(),
     )
 
 
@@ -191,15 +199,25 @@ async def aopen(
             except UpstreamError as error:
                 failure = error
                 status = error.upstream_status
+                if status == 429 and error.request_too_large:
+                    raise  # the request is over a rate limit on its own: no key will take it
                 if status == 429:
                     seconds = error.retry_after or settings.PROXY_KEY_COOLDOWN
                     await key_health.arest(
                         key, seconds=seconds, error=f"429 from the provider; resting {seconds:.0f}s"
                     )
                     continue
-                if status in (401, 403):
-                    await key_health.aswitch_off(
-                        key, error=f"{status} from the provider: key refused"
+                if status == 401:
+                    # The provider does not know the key: no point in trying it again.
+                    await key_health.aswitch_off(key, error="401 from the provider: key refused")
+                    continue
+                if status == 403:
+                    # Forbidden can be about this request as much as the key (a content
+                    # filter, a WAF): the key rests rather than being switched off for good.
+                    await key_health.arest(
+                        key,
+                        seconds=settings.PROXY_KEY_COOLDOWN,
+                        error="403 from the provider; resting",
                     )
                     continue
                 if status is not None and status >= 500 and server_errors == 0:

@@ -83,7 +83,10 @@ async def _chat_completions(
             param="model",
         )
     max_tokens = chat.max_tokens or context.limits.default_max_tokens
-    tokens, nanos = estimate(routes=routes, body_bytes=len(raw), max_tokens=max_tokens)
+    completions = chat.body.get("n") or 1  # n answers of up to max_tokens each
+    tokens, nanos = estimate(
+        routes=routes, body_bytes=len(raw), max_tokens=max_tokens, completions=completions
+    )
     if tokens > settings.PROXY_MAX_REQUEST_TOKENS:
         raise ProxyError(
             400,
@@ -102,7 +105,7 @@ async def _chat_completions(
         context=context,
         attempt=attempt,
         stream=chat.stream,
-        prompt_estimate=tokens - max_tokens,
+        prompt_estimate=tokens - max_tokens * completions,
     )
     deadline = time.monotonic() + routes[0].provider.total_timeout
     opening = asyncio.ensure_future(
@@ -119,6 +122,8 @@ async def _chat_completions(
         opened = await opening
     except BaseException as error:  # settled whatever stopped it; a bug too, then re-raised
         opening.cancel()
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            await opening.result().response.aclose()  # it opened just as we were cancelled
         if isinstance(error, ProxyError):
             meter.failed(status=_status_of(error), http_status=error.status)
         elif isinstance(error, asyncio.CancelledError):
@@ -252,13 +257,24 @@ async def _relay_when_open(
             yield _stream_error(meter, error, _status_of(error))
             await asyncio.shield(meter.asettle())
             return
+        except Exception:
+            logger.exception("opening an answer failed")
+            failure = ProxyError(500, "The proxy failed.", code="internal_error")
+            yield _stream_error(meter, failure, UsageRecord.Status.UPSTREAM_ERROR)
+            await asyncio.shield(meter.asettle())
+            return
     except asyncio.CancelledError:
         opening.cancel()
         meter.failed(status=UsageRecord.Status.CLIENT_DISCONNECTED, http_status=499)
         await asyncio.shield(meter.asettle())
         raise
-    async for part in _relay(opened, chat, meter, deadline):
-        yield part
+    relay = _relay(opened, chat, meter, deadline)
+    try:
+        async for part in relay:
+            yield part
+    finally:
+        # Closed here, not left to the garbage collector: its finally bills the stream.
+        await relay.aclose()
 
 
 async def _relay(
@@ -294,7 +310,15 @@ async def _relay(
             events = parser.feed(chunk)
             if any(event.data is not None for event in events):
                 content_by = time.monotonic() + idle
-            out = b"".join(translator.feed(event) for event in events)
+            try:
+                out = b"".join(translator.feed(event) for event in events)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # An event not shaped as the provider's API says: the stream cannot be trusted.
+                error = ProxyError(
+                    502, "The provider sent a malformed event.", code="upstream_error"
+                )
+                yield _stream_error(meter, error, UsageRecord.Status.UPSTREAM_ERROR)
+                return
             if out:
                 yield out
         if not translator.complete:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
 
 from django.core.validators import MinValueValidator
@@ -22,8 +23,12 @@ class Tier(models.Model):
         validators=[MinValueValidator(Decimal(0))],
         help_text="USD per week at the routes' prices. Empty: no cap.",
     )
-    requests_per_minute = models.PositiveIntegerField(default=60)
-    max_concurrent_requests = models.PositiveIntegerField(default=4)
+    requests_per_minute = models.PositiveIntegerField(
+        default=60, help_text="0: no limit (to stop a tenant, suspend it)."
+    )
+    max_concurrent_requests = models.PositiveIntegerField(
+        default=4, help_text="0: no limit (to stop a tenant, suspend it)."
+    )
     default_max_tokens = models.PositiveIntegerField(
         default=4096,
         help_text="Completion allowance reserved (and sent) when a request names no max_tokens.",
@@ -46,6 +51,12 @@ class Tier(models.Model):
         return self.slug
 
 
+def initial_token_version() -> int:
+    # Random, not 1: tokens name a tenant by its slug, and a tenant deleted or renamed and
+    # another created under the old slug must not inherit the old tenant's tokens.
+    return secrets.randbelow(2**31 - 1) + 1
+
+
 class Tenant(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -66,7 +77,8 @@ class Tenant(models.Model):
     requests_per_minute_override = models.PositiveIntegerField(null=True, blank=True)
     max_concurrent_requests_override = models.PositiveIntegerField(null=True, blank=True)
     token_version = models.PositiveIntegerField(
-        default=1, help_text="Tokens carry this as `ver`; bumping it revokes every older token."
+        default=initial_token_version,
+        help_text="Tokens carry this as `ver`; bumping it revokes every older token.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tenants.services import tenant_revoke_tokens, tenant_suspend
+from tenants.models import Tenant
+from tenants.services import tenant_create, tenant_revoke_tokens, tenant_suspend
 from tests.conftest import CHANGE_VISIBLE_WITHIN, LiveProxy, World, claims_for, eventually
 from tests.support.mockserver import MockServer
 
@@ -193,3 +194,19 @@ def test_it_lists_only_the_models_of_the_tenants_tier(proxy: LiveProxy, world: W
     assert alice["object"] == "list"
     assert [m["id"] for m in alice["data"]] == ["auto", "claude-haiku"]
     assert [m["id"] for m in bob["data"]] == ["claude-sonnet-4-5"]
+
+
+def test_it_gives_a_tenant_reusing_a_slug_none_of_the_old_tokens(
+    proxy: LiveProxy, world: World
+) -> None:
+    old = world.token(world.alice)
+    assert get_models(proxy, **bearer(old)).status_code == 200
+    slug, tier = world.alice.slug, world.alice.tier
+    Tenant.objects.filter(pk=world.alice.pk).update(slug=f"{slug}-renamed")
+    newcomer = tenant_create(slug=slug, name="Someone else", tier=tier)
+    assert newcomer.token_version != world.alice.token_version  # versions start at random
+
+    def refused() -> None:
+        assert get_models(proxy, **bearer(old)).status_code in (401, 403)
+
+    eventually(refused, timeout=CHANGE_VISIBLE_WITHIN)

@@ -435,3 +435,78 @@ def test_it_cuts_off_a_client_that_reads_too_slowly(
         assert 0 < row.output_tokens < 60_000
     finally:
         stop_proxy(strict)
+
+
+def test_it_bills_a_slow_starting_stream_cut_off_mid_way(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    """The stream opened on keep-alives (the provider was slow to start), then the client
+    left after three pieces: billed for what was produced, not zero."""
+    pool = make_pool(world, mock, fallback=False)
+    mock.configure(
+        chunks=20, chunk_delay=0.3, faults=[{"action": {"type": "delay_headers", "seconds": 1.5}}]
+    )
+    client = openai.OpenAI(
+        base_url=proxy.openai_base_url, api_key=world.token(pool.tenant), max_retries=0
+    )
+    stream = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    pieces = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces += 1
+            if pieces == 3:
+                break
+    stream.close()
+    row = one_row(pool.tenant)
+    assert row.status == "client_disconnected"
+    assert row.output_tokens == 3
+
+
+def test_it_passes_on_a_request_too_large_for_the_rate_limit_without_resting_keys(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    too_large = {
+        "error": {
+            "message": "Request too large for model in organization org-x on tokens per min "
+            "(TPM): Limit 30000, Requested 90000.",
+            "type": "tokens",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+    mock.configure(
+        faults=[{"times": 1, "action": {"type": "status", "status": 429, "body": too_large}}]
+    )
+    response = chat(proxy, world, pool.tenant)
+    assert response.status_code == 429 and "Retry-After" in response.headers
+    assert mock.calls() == 1  # not retried on the other key: no key would take it
+    for _ in range(6):
+        assert chat(proxy, world, pool.tenant).status_code == 200
+    assert {r["api_key"] for r in mock.requests()[1:]} == {pool.secrets["a"], pool.secrets["b"]}
+    assert not ProviderKey.objects.exclude(last_error="").filter(provider=pool.primary).exists()
+
+
+def test_it_rests_a_key_the_provider_forbids_rather_than_switching_it_off(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    pool = make_pool(world, mock, fallback=False)
+    mock.configure(
+        faults=[
+            {"match": {"api_key": pool.secrets["a"]}, "action": {"type": "status", "status": 403}}
+        ]
+    )
+    for _ in range(12):
+        assert chat(proxy, world, pool.tenant).status_code == 200
+        if any(r["api_key"] == pool.secrets["a"] for r in mock.requests()):
+            break
+
+    def rested() -> ProviderKey:
+        key = ProviderKey.objects.get(pk=pool.key_a.pk)
+        assert "403" in key.last_error
+        return key
+
+    key = eventually(rested)
+    assert key.enabled and not key.disabled_reason

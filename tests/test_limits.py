@@ -270,3 +270,21 @@ async def test_it_fails_open_for_a_tier_that_chose_it(monkeypatch: pytest.Monkey
     assert await sync_to_async(reconcile)(counters.sync_client()) == 1
     assert await sync_to_async(reconcile)(counters.sync_client()) == 0
     assert used(context.tenant_id) == (70, 1)
+
+
+async def test_it_reserves_once_when_admission_is_sent_twice() -> None:
+    # redis-py re-sends a command whose answer timed out: the script must not reserve twice.
+    tenant = await sync_to_async(make_tenant)(weekly_token_cap=1000, requests_per_minute=0)
+    context = await context_of(tenant)
+    admission = await admit(context, "r1", tokens=40)
+    await admit(context, "r1", tokens=40)
+    assert used(context.tenant_id) == (0, 40)
+    await settle(context, admission, tokens=10)
+    assert used(context.tenant_id) == (10, 0)
+
+
+def test_it_reserves_every_answer_of_a_request_for_several() -> None:
+    route = type("R", (), {"cost": staticmethod(lambda *, input_tokens, output_tokens: Decimal(0))})
+    one, _ = limits.estimate(routes=(route,), body_bytes=300, max_tokens=100)  # type: ignore[arg-type]
+    many, _ = limits.estimate(routes=(route,), body_bytes=300, max_tokens=100, completions=16)  # type: ignore[arg-type]
+    assert many - one == 15 * 100

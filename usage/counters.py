@@ -125,6 +125,13 @@ if redis.call('HGET', week, 'seeded') ~= '1' then
   return {'seed'}
 end
 
+-- Idempotent: a retried call (the client re-sends on a timeout) must not reserve twice.
+if redis.call('HEXISTS', resv_amt, rid) == 1 then
+  local held = tonumber(redis.call('HGET', resv_tot, 'tokens') or '0')
+  local used = tonumber(redis.call('HGET', week, 'used_tokens') or '0')
+  return {'ok', used, held, redis.call('ZCARD', rpm)}
+end
+
 -- Reservations of processes that died before settling expire here (their TTL heals them).
 local expired = redis.call('ZRANGEBYSCORE', resv, '-inf', now)
 for _, id in ipairs(expired) do
@@ -309,11 +316,13 @@ def bump_config_generation() -> None:
 
 
 async def aconfig_generation() -> bytes | None:
+    """The current generation; b"" when none was ever set (or Redis lost it), None when Redis
+    cannot be asked."""
     try:
         value = await async_client().get(CONFIG_GENERATION_KEY)
     except (redis.RedisError, OSError):
         return None
-    return value if isinstance(value, bytes) else None
+    return value if isinstance(value, bytes) else b""
 
 
 async def akey_health() -> dict[int, str]:

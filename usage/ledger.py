@@ -56,6 +56,15 @@ def record_row(record: dict[str, Any]) -> UsageRecord:
     return UsageRecord(**data)
 
 
+def _record_of(row: UsageRecord) -> dict[str, Any]:
+    """A row back into the record it was read from (for the dead-letter stream)."""
+    fields = [f.attname for f in UsageRecord._meta.concrete_fields if f.attname != "id"]
+    record = {name: getattr(row, name) for name in fields}
+    record["created_at"] = row.created_at.isoformat()
+    record["cost_nanos"] = int(record.pop("cost_usd") * NANOS)
+    return record
+
+
 def _row(payload: bytes | str) -> UsageRecord:
     return record_row(json.loads(payload))
 
@@ -84,24 +93,31 @@ def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
         )
         if not entries:
             return moved
-        rows = [_row(fields[b"r"]) for _, fields in entries]
+        rows = []
+        for entry_id, fields in entries:
+            try:
+                rows.append(_row(fields[b"r"]))
+            except (KeyError, ValueError, TypeError):
+                # Unreadable (a record from another version of the proxy, say): kept aside,
+                # loudly, rather than blocking the tenant's ledger and its counters.
+                dead = counters.keys_for(tenant_id, "-").dead_letter
+                kept: dict[Any, Any] = {**fields, b"id": entry_id}
+                client.xadd(dead, kept)
+                logger.error(
+                    "unreadable ledger entry %s of tenant %s moved to %s", entry_id, tenant_id, dead
+                )
         try:
             with transaction.atomic():
                 UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
         except IntegrityError:
-            _insert_one_by_one(client, tenant_id, entries, rows)
+            _insert_one_by_one(client, tenant_id, rows)
         # Only once the rows are committed do the entries leave the stream; a crash in
         # between re-inserts them next time, and the unique request id ignores them.
         client.xdel(stream, *[entry_id for entry_id, _ in entries])
         moved += len(entries)
 
 
-def _insert_one_by_one(
-    client: redis.Redis,
-    tenant_id: int,
-    entries: list[tuple[bytes, dict[bytes, bytes]]],
-    rows: list[UsageRecord],
-) -> None:
+def _insert_one_by_one(client: redis.Redis, tenant_id: int, rows: list[UsageRecord]) -> None:
     """A batch that broke a constraint: keep every row that can be kept.
 
     A route or pooled key deleted while its usage was still in Redis leaves the row without
@@ -116,7 +132,7 @@ def _insert_one_by_one(
             "pk", flat=True
         )
     )
-    for (entry_id, fields), row in zip(entries, rows, strict=True):
+    for row in rows:
         if row.route_id not in routes:
             row.route_id = None
         if row.provider_key_id not in keys:
@@ -126,7 +142,7 @@ def _insert_one_by_one(
                 UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
         except IntegrityError:
             dead = counters.keys_for(tenant_id, "-").dead_letter
-            client.xadd(dead, {b"r": fields[b"r"], b"id": entry_id})
+            client.xadd(dead, {b"r": record_to_json(_record_of(row))})
             logger.error(
                 "usage of %s cannot be stored (tenant or tier gone); kept in %s",
                 row.request_id,

@@ -30,6 +30,7 @@ from django.conf import settings
 
 from routing.context import Route, TenantContext
 from routing.errors import ProxyError
+from routing.singleflight import SingleFlight
 from usage import counters
 from usage.ledger import (
     NANOS,
@@ -64,8 +65,14 @@ class Admission:
 
 
 def _headers(
-    context: TenantContext, week: Week, now: datetime, used: int, held: int, in_window: int
+    context: TenantContext,
+    week: Week,
+    now: datetime,
+    used: int | None,
+    held: int,
+    in_window: int,
 ) -> dict[str, str]:
+    """The x-ratelimit-* headers; the token ones only when the week's usage is known."""
     limits = context.limits
     headers = {}
     if limits.requests_per_minute:
@@ -73,7 +80,7 @@ def _headers(
         headers["x-ratelimit-remaining-requests"] = str(
             max(0, limits.requests_per_minute - in_window)
         )
-    if limits.weekly_token_cap is not None:
+    if limits.weekly_token_cap is not None and used is not None:
         headers["x-ratelimit-limit-tokens"] = str(limits.weekly_token_cap)
         headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.weekly_token_cap - used - held))
         headers["x-ratelimit-reset-tokens"] = f"{week.seconds_left(now)}s"
@@ -101,15 +108,19 @@ def _refusal(kind: str, retry_after: int, headers: dict[str, str]) -> ProxyError
     )
 
 
-def estimate(*, routes: tuple[Route, ...], body_bytes: int, max_tokens: int) -> tuple[int, int]:
+def estimate(
+    *, routes: tuple[Route, ...], body_bytes: int, max_tokens: int, completions: int = 1
+) -> tuple[int, int]:
     """The worst case to reserve: (tokens, nano-dollars).
 
-    Priced at the dearest route the request may fail over to: it is reserved once, before
-    anyone knows which route will answer.
+    ``completions`` answers (OpenAI's ``n``) of up to ``max_tokens`` each, priced at the
+    dearest route the request may fail over to: it is reserved once, before anyone knows
+    which route will answer.
     """
     prompt = math.ceil(body_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
-    cost = max(route.cost(input_tokens=prompt, output_tokens=max_tokens) for route in routes)
-    return prompt + max_tokens, to_nanos(cost, ceiling=True)
+    output = max_tokens * completions
+    cost = max(route.cost(input_tokens=prompt, output_tokens=output) for route in routes)
+    return prompt + output, to_nanos(cost, ceiling=True)
 
 
 async def aadmit(
@@ -146,12 +157,26 @@ async def aadmit(
         result = await scripts.admit(keys=script_keys, args=args)
         if result[0] == b"seed":
             # First request of the week, or Redis lost the counters: rebuild from the ledger.
-            await _seeder.aseed(context.tenant_id, week)
+            # One rebuild per tenant-week at a time in this process: a new week starts with
+            # every counter unseeded, and a burst must not send them all to the database.
+            await _seeds.run(
+                (context.tenant_id, week.id),
+                lambda: database_sync_to_async(_seed, thread_sensitive=False)(
+                    context.tenant_id, week
+                ),
+            )
             result = await scripts.admit(keys=script_keys, args=args)
     except _UNREACHABLE as exc:
+        if not context.limits.rate_limits_fail_open:
+            # The script may have run even though its answer never came (a timeout): undo
+            # whatever it reserved once Redis answers again, or its TTL will.
+            _release_soon(context.tenant_id, week, request_id)
         return await _admit_degraded(
             context=context, request_id=request_id, tokens=tokens, nanos=nanos, now=now, exc=exc
         )
+    except asyncio.CancelledError:
+        _release_soon(context.tenant_id, week, request_id)  # the client left mid-admission
+        raise
 
     outcome = result[0].decode()
     if outcome == "ok":
@@ -163,42 +188,42 @@ async def aadmit(
             headers=_headers(context, week, now, used, held, in_window),
         )
     if outcome in ("tokens", "cost"):
-        used = int(result[1]) if outcome == "tokens" else 0
+        # A cost refusal reports nanos, not tokens: the token headers are left out then.
+        known = int(result[1]) if outcome == "tokens" else None
         held = int(result[2]) if outcome == "tokens" else 0
-        headers = _headers(context, week, now, used, held, int(result[3]))
+        headers = _headers(context, week, now, known, held, int(result[3]))
         raise _refusal(outcome, week.seconds_left(now), headers)
-    headers = _headers(context, week, now, 0, 0, int(result[2]))
+    headers = _headers(context, week, now, None, 0, int(result[2]))
     raise _refusal(outcome, math.ceil(int(result[1]) / 1000), headers)
 
 
-class _Seeder:
-    """One rebuild per tenant-week at a time in this process; the others wait for it.
+_releases: set[asyncio.Task[None]] = set()
 
-    A new week starts with every tenant's counters unseeded, so a burst of first requests
-    would otherwise all go to the database at once.
-    """
 
-    def __init__(self) -> None:
-        self.pending: dict[tuple[int, str], asyncio.Future[None]] = {}
+def _release_soon(tenant_id: int, week: Week, request_id: str) -> None:
+    """Settle a request that will never be forwarded: nothing billed, no ledger entry, its
+    reservation and lease freed (a no-op if admission never ran)."""
 
-    async def aseed(self, tenant_id: int, week: Week) -> None:
-        key = (tenant_id, week.id)
-        pending = self.pending.get(key)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending[key] = future
-        try:
-            await database_sync_to_async(_seed)(tenant_id, week)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(None)
-        finally:
-            del self.pending[key]
+    async def release() -> None:
+        call = counters.settle_call(
+            tenant_id=tenant_id,
+            week_id=week.id,
+            request_id=request_id,
+            tokens=0,
+            nanos=0,
+            record_json="",
+            now_ms=int(time.time() * 1000),
+        )
+        for _ in range(5):
+            try:
+                await counters.async_scripts(counters.async_client()).settle(**call)
+                return
+            except _UNREACHABLE:
+                await asyncio.sleep(1)
+
+    task = asyncio.get_running_loop().create_task(release())
+    _releases.add(task)
+    task.add_done_callback(_releases.discard)
 
 
 def _seed(tenant_id: int, week: Week) -> None:
@@ -210,7 +235,7 @@ def _seed(tenant_id: int, week: Week) -> None:
     seed_week(client, tenant_id=tenant_id, week=week, lock_wait=10.0)
 
 
-_seeder = _Seeder()
+_seeds: SingleFlight[tuple[int, str], None] = SingleFlight()
 
 
 async def _admit_degraded(
@@ -286,7 +311,7 @@ async def _write_direct(record: dict[str, Any]) -> None:
     row = record_row(record)
     row.counted = False
     try:
-        await database_sync_to_async(row.save)(force_insert=True)
+        await database_sync_to_async(row.save, thread_sensitive=False)(force_insert=True)
     except IntegrityError:
         logger.warning("usage for %s was already recorded", record["request_id"])
 
@@ -319,7 +344,7 @@ class _Drainer:
             full = time.monotonic() - last_scan > 30
             tenants, self.pending = self.pending, set()
             try:
-                await database_sync_to_async(_drain_once)(tenants, full)
+                await database_sync_to_async(_drain_once, thread_sensitive=False)(tenants, full)
                 if full:
                     last_scan = time.monotonic()
             except Exception:

@@ -167,7 +167,7 @@ class AnthropicAdapter:
         for name in _UNSUPPORTED:
             if body.get(name) is not None:
                 _unsupported(f"`{name}`")
-        if body.get("n", 1) != 1:
+        if body.get("n") not in (None, 1):
             _unsupported("`n` greater than 1")
         if body.get("logprobs"):
             _unsupported("`logprobs`")
@@ -211,20 +211,21 @@ class AnthropicAdapter:
     def completion(self, *, route: Route, raw: bytes) -> tuple[bytes, Usage]:
         try:
             obj = json.loads(raw)
-            blocks = obj["content"]
             raw_usage = obj.get("usage") or {}
-        except (ValueError, KeyError, TypeError):
+            usage = Usage(
+                input_tokens=_input_tokens(raw_usage),
+                output_tokens=int(raw_usage.get("output_tokens") or 0),
+                reported=True,
+            )
+            text = "".join(
+                b.get("text", "")
+                for b in obj["content"]
+                if isinstance(b, dict) and b.get("type") == "text"
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ProxyError(
                 502, "The provider sent a malformed response.", code="upstream_error"
             ) from None
-        usage = Usage(
-            input_tokens=_input_tokens(raw_usage),
-            output_tokens=int(raw_usage.get("output_tokens") or 0),
-            reported=True,
-        )
-        text = "".join(
-            b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
-        )
         completion = {
             "id": f"chatcmpl-{obj.get('id', 'unknown')}",
             "object": "chat.completion",

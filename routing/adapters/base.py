@@ -67,7 +67,9 @@ def upstream_error(*, status: int, message: str | None, retry_after: str | None)
             transient=True,
         )
     if status == 429:
-        headers = {"Retry-After": retry_after} if retry_after and retry_after.isdigit() else {}
+        # Always a Retry-After: the provider's when it gives a usable one, else a second.
+        usable = retry_after if retry_after and retry_after.isdigit() else "1"
+        headers = {"Retry-After": usable}
         return ProxyError(
             429,
             "The provider is rate limiting; retry shortly.",
