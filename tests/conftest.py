@@ -126,8 +126,11 @@ def claims_for(tenant: Tenant, **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
-    """SQLite only: drop a WAL left by an earlier run's server, which would corrupt the new DB."""
+    """SQLite: drop a WAL left by an earlier run's server, which would corrupt the new DB.
+    Both: no persistent connections in this process, so that the ones async code opens in
+    worker threads are closed after each call and the test database can be dropped."""
     db = settings.DATABASES["default"]
+    db["CONN_MAX_AGE"] = 0
     if db["ENGINE"].endswith("sqlite3"):
         name = Path(db["TEST"]["NAME"])
         for leftover in (
