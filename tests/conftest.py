@@ -36,6 +36,7 @@ from tenants.models import Tenant, Tier
 from tenants.services import tenant_create, tier_create
 from tests.support.mockserver import MockServer
 from usage import counters
+from usage.models import UsageRecord
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -65,6 +66,17 @@ def eventually(check: Callable[[], T], *, timeout: float = CHANGE_VISIBLE_WITHIN
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def ledger_rows(tenant: Tenant, count: int) -> list[UsageRecord]:
+    """The tenant's ledger rows, once the live server has drained exactly ``count`` of them."""
+
+    def landed() -> list[UsageRecord]:
+        rows = list(UsageRecord.objects.filter(tenant=tenant).order_by("created_at"))
+        assert len(rows) == count
+        return rows
+
+    return eventually(landed, timeout=10)
 
 
 # --- JWT keys the live server trusts -------------------------------------------------------

@@ -24,6 +24,7 @@ from tests.conftest import (
     World,
     eventually,
     free_port,
+    ledger_rows,
     start_proxy,
     stop_proxy,
     unique,
@@ -58,15 +59,6 @@ def counter(tenant: Tenant) -> tuple[int, int]:
     return int(client.hget(keys.week, "used_tokens") or 0), int(
         client.hget(keys.resv_tot, "tokens") or 0
     )
-
-
-def ledger(tenant: Tenant, expected_rows: int) -> list[UsageRecord]:
-    def landed() -> list[UsageRecord]:
-        rows = list(UsageRecord.objects.filter(tenant=tenant).order_by("created_at"))
-        assert len(rows) == expected_rows
-        return rows
-
-    return eventually(landed, timeout=10)
 
 
 @needs_redis
@@ -114,7 +106,7 @@ def test_it_holds_the_cap_under_200_concurrent_streams_across_two_processes(
     assert sum(admitted) <= cap
     assert len(refused) > 0
 
-    rows = ledger(tenant, len(admitted))
+    rows = ledger_rows(tenant, len(admitted))
     mock_usage = sum(
         r["usage"]["input_tokens"] + r["usage"]["output_tokens"] for r in mock.requests()
     )
@@ -201,7 +193,7 @@ def test_it_bills_a_client_that_disconnects_mid_stream_exactly(
     assert record["disconnected_at"] - cut_at < 1.0
     assert record["chunks_sent"] == 3
 
-    (row,) = ledger(tenant, 1)
+    (row,) = ledger_rows(tenant, 1)
     assert row.status == UsageRecord.Status.CLIENT_DISCONNECTED
     assert row.output_tokens == record["usage"]["output_tokens"] == 3
     assert not row.usage_reported
@@ -226,7 +218,7 @@ def test_it_releases_the_reservation_when_the_provider_fails_before_the_first_by
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 502
-    (row,) = ledger(tenant, 1)
+    (row,) = ledger_rows(tenant, 1)
     assert (row.input_tokens, row.output_tokens, row.status) == (0, 0, "upstream_error")
     if settings.REDIS_URL:
         assert counter(tenant) == (0, 0)
@@ -248,7 +240,7 @@ def test_it_bills_what_was_produced_when_the_provider_breaks_mid_stream(
     events = [line for line in response.text.split("\n\n") if line.strip()]
     assert events[-1].startswith('data: {"error"')
     assert "[DONE]" not in response.text
-    (row,) = ledger(tenant, 1)
+    (row,) = ledger_rows(tenant, 1)
     assert row.output_tokens == mock.requests()[-1]["chunks_sent"] == 4
     assert row.status == UsageRecord.Status.UPSTREAM_ERROR
     if settings.REDIS_URL:
@@ -264,7 +256,7 @@ def test_it_rebuilds_flushed_counters_before_the_next_admission(
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
     for _ in range(3):
         assert httpx.post(f"{proxy.url}/v1/chat/completions", json=body, headers=headers).is_success
-    rows = ledger(tenant, 3)
+    rows = ledger_rows(tenant, 3)
     used = sum(r.total_tokens for r in rows)
     assert counter(tenant) == (used, 0)
     counters.sync_client().flushdb()  # FLUSHALL for this database: others on the server keep theirs
@@ -305,7 +297,7 @@ def test_it_refuses_within_a_second_while_redis_is_down(
         body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
         endpoint = f"{proxy.url}/v1/chat/completions"
         assert httpx.post(endpoint, json=body, headers=headers).status_code == 200
-        ledger(tenant, 1)
+        ledger_rows(tenant, 1)
 
         store.kill()
         store.wait()
@@ -319,7 +311,7 @@ def test_it_refuses_within_a_second_while_redis_is_down(
         # Back, empty: the week is rebuilt from the ledger before the next admission.
         store = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
         eventually(lambda: httpx.post(endpoint, json=body, headers=headers).raise_for_status())
-        rows = ledger(tenant, 2)
+        rows = ledger_rows(tenant, 2)
         import redis as redis_lib
 
         fresh = redis_lib.Redis.from_url(url)

@@ -33,6 +33,7 @@ from tests.conftest import (
     World,
     eventually,
     free_port,
+    ledger_rows,
     start_proxy,
     stop_proxy,
     unique,
@@ -122,12 +123,8 @@ def key_admin_page() -> str:
 
 
 def one_row(tenant: Tenant, *, count: int = 1) -> UsageRecord:
-    def landed() -> list[UsageRecord]:
-        rows = list(UsageRecord.objects.filter(tenant=tenant).order_by("created_at"))
-        assert len(rows) == count
-        return rows
-
-    return eventually(landed, timeout=10)[-1]
+    """The last of the tenant's ``count`` ledger rows."""
+    return ledger_rows(tenant, count)[-1]
 
 
 def test_it_serves_a_rate_limited_key_from_the_other_and_rests_it_everywhere(
@@ -372,12 +369,7 @@ def test_it_closes_the_upstream_and_leaks_nothing_when_clients_leave(
     records = eventually(all_closed, timeout=3)
     for when, record in zip(left, records, strict=True):
         assert record["disconnected_at"] - when < 1.0  # upstream closed within a second
-    rows = eventually(
-        lambda: (
-            one_row(pool.tenant, count=210) and list(UsageRecord.objects.filter(tenant=pool.tenant))
-        ),
-        timeout=15,
-    )
+    rows = ledger_rows(pool.tenant, 210)
     assert all(r.status == "client_disconnected" for r in rows)
     assert len({r.request_id for r in rows}) == 210  # billed once each
     billed = {r.request_id: r.output_tokens for r in rows}
