@@ -10,30 +10,60 @@ MOCK_PORT ?= 8001
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llm_proxy
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PYTEST_ARGS ?=
+# Every dependency (runtime, dev extra, the build backend, pip) at an exact version with its
+# hashes; `make lock` writes it from pyproject.toml.
+LOCK := requirements.lock
+# For `make lock`: --upgrade, or --upgrade-package NAME (repeatable).
+ARGS ?=
 
-.PHONY: install run test lint typecheck test-services test-zero-setup bench clean
+.PHONY: install lock run test lint typecheck test-services test-zero-setup bench clean
 
-$(VENV)/.installed: pyproject.toml
+# Installs only what the lock names, then the project itself without resolving anything;
+# `pip check` fails when pyproject.toml asks for something the lock does not hold.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit("llm-proxy needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(PY) -m pip check || { echo "$(LOCK) does not match pyproject.toml: run make lock" >&2; exit 1; }
 	@touch $@
 
 install: $(VENV)/.installed
 
+# The lock tool comes from the lock (uv, in the dev extra); this needs no `pip check`, so
+# `make lock` works while the lock is behind pyproject.toml.
+$(VENV)/bin/uv: | $(LOCK)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+
+# Re-resolve the lock from pyproject.toml, keeping every pin that still fits its range (so a
+# new or changed dependency moves only what it must). `make lock ARGS=--upgrade` takes the
+# newest versions within pyproject's ranges; `make lock ARGS="--upgrade-package httpx"` one.
+lock: $(VENV)/bin/uv
+	$(PY) -c 'import tomllib; b = tomllib.load(open("pyproject.toml", "rb"))["build-system"]; print("\n".join([*b["requires"], "pip"]))' \
+	| $(VENV)/bin/uv pip compile pyproject.toml - --extra dev --generate-hashes \
+	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	    --quiet --custom-compile-command "make lock" --output-file $(LOCK) $(ARGS)
+
 # Migrate, load the demo config, print a token and examples, then serve the proxy on
 # Daphne with the mock provider beside it (Ctrl-C stops both).
-run: install
+run: install dev-secrets
 	$(PY) manage.py migrate --noinput
 	MOCK_PORT=$(MOCK_PORT) $(PY) manage.py quickstart --url http://$(HOST):$(PORT)
 	@$(PY) manage.py mock_provider --host 127.0.0.1 --port $(MOCK_PORT) --chunks 12 --chunk-delay 0.05 & \
 	mock=$$!; trap 'kill $$mock 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m daphne -b $(HOST) -p $(PORT) proxy_site.asgi:application
 
+# Development secrets (SECRET_KEY, Fernet key, JWT signing key, admin password), generated
+# once into var/dev-secrets.json ($PROXY_VAR_DIR when set); settings only read the file.
+.PHONY: dev-secrets
+dev-secrets: install
+	$(PY) -c 'from core.devsecrets import ensure_dev_secrets; ensure_dev_secrets()'
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy .

@@ -9,6 +9,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_site.settings")
+    from core.devsecrets import prepare_development
+
+    prepare_development()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -5,7 +5,8 @@ async-native middleware in PROXY_MIDDLEWARE, so a request never waits on the sha
 thread that Django's session, CSRF and auth middleware would need; everything else (the
 admin) gets the full MIDDLEWARE stack. In front of both sit the body-size guard, which
 refuses an oversized upload before it is read into memory, and the slow-client guard, which
-bounds what a streamed answer may hold for a client that reads slowly.
+bounds what a streamed answer may hold for a client that reads slowly (proxy_site/
+backpressure.py; checked against the installed Daphne and Twisted once, at import).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_site.settings")
 django_application = get_asgi_application()
 
-from proxy_site.handlers import (  # noqa: E402
-    BodySizeLimit,
-    ProxyAPIHandler,
-    SlowClientGuard,
-    route_by_path,
-)
+from proxy_site.backpressure import SlowClientGuard, check_support  # noqa: E402
+from proxy_site.handlers import BodySizeLimit, ProxyAPIHandler, route_by_path  # noqa: E402
+
+# Once, at start-up: a loud warning when the installed Daphne/Twisted do not have what the
+# slow-client guard reads (it then cuts no one off).
+check_support()
 
 application = BodySizeLimit(
     SlowClientGuard(route_by_path(api=ProxyAPIHandler(), default=django_application))

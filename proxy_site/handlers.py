@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -24,8 +21,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]
 
 API_PREFIX = "/v1/"
-
-logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -117,7 +112,7 @@ def route_by_path(*, api: ASGIApp, default: ASGIApp) -> ASGIApp:
 
 
 async def send_json_error(send: Send, *, path: str, status: int, message: str, code: str) -> None:
-    from routing.errors import ProxyError, error_body
+    from core.errors import ProxyError, error_body
 
     error = ProxyError(status, message, code=code)
     body = json.dumps(error_body(error, anthropic=path.startswith("/v1/messages"))).encode()
@@ -195,72 +190,3 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-def _outbound_buffer(send: Send) -> tuple[Callable[[], int], Callable[[], None]] | None:
-    """How many response bytes Daphne holds for this client, if it can be told.
-
-    Daphne writes every body message straight into Twisted's transport, which buffers
-    without limit: a client that reads slowly would make the proxy hold a whole answer in
-    memory. ASGI gives no way to ask, so this reaches through Daphne's `send` (a partial of
-    its server's handle_reply, bound to the request) to the TCP transport's buffer. Returns
-    (bytes buffered, abort). Under any other server, or should those internals change, it
-    returns None and nothing is limited.
-    """
-    protocol = send.args[0] if isinstance(send, partial) and send.args else None
-    transport = getattr(getattr(protocol, "channel", None), "transport", None)
-    if transport is None or not hasattr(transport, "dataBuffer"):
-        return None
-
-    def buffered() -> int:
-        return (
-            len(transport.dataBuffer)
-            - getattr(transport, "offset", 0)
-            + getattr(transport, "_tempDataLen", 0)
-        )
-
-    # Abort, not close: a close would wait for the client to read what is buffered.
-    return buffered, transport.abortConnection
-
-
-class SlowClientGuard:
-    """Backpressure for streamed API answers: a bounded buffer per stream.
-
-    After each body message, while more than PROXY_STREAM_BUFFER_BYTES wait unsent to the
-    client, the stream pauses (and so does its reading from the provider); a client that
-    stays that far behind for PROXY_SLOW_CLIENT_TIMEOUT seconds is cut off, as if it had
-    disconnected: the view settles what the provider produced and closes the provider's
-    stream.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        transport = _outbound_buffer(send)
-        if transport is None:
-            await self.app(scope, receive, send)
-            return
-        buffered, abort = transport
-        limit: int = settings.PROXY_STREAM_BUFFER_BYTES
-        patience: float = settings.PROXY_SLOW_CLIENT_TIMEOUT
-
-        async def guarded_send(message: Message) -> None:
-            await send(message)
-            if message["type"] != "http.response.body" or buffered() <= limit:
-                return
-            give_up = time.monotonic() + patience
-            while buffered() > limit:
-                if time.monotonic() > give_up:
-                    logger.warning(
-                        "client too slow to read its stream (%s): cut off", scope["path"]
-                    )
-                    abort()
-                    # Django treats this as the client going away during the response.
-                    raise asyncio.CancelledError
-                await asyncio.sleep(0.01)
-
-        await self.app(scope, receive, guarded_send)

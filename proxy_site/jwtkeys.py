@@ -1,25 +1,20 @@
 """JSON Web Keys for tenant tokens: generation, the public half, and validation of a JWKS.
 
-Kept free of Django imports because settings.py uses it while settings are being built.
+Kept free of Django settings because settings.py uses it while settings are being built.
+Generation lives in core.devsecrets (development secrets need it below this layer).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from jwt.algorithms import OKPAlgorithm
 from jwt.api_jwk import PyJWK
 
+from core.devsecrets import generate_signing_jwk
+
+__all__ = ["generate_signing_jwk", "public_jwk", "public_jwks_from_signing_jwk", "validate_jwks"]
+
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
-
-
-def generate_signing_jwk(*, kid: str) -> dict[str, Any]:
-    """A new Ed25519 private key as a JWK carrying its kid and alg."""
-    jwk: dict[str, Any] = json.loads(OKPAlgorithm.to_jwk(Ed25519PrivateKey.generate()))
-    jwk.update({"kid": kid, "alg": "EdDSA", "use": "sig"})
-    return jwk
 
 
 def public_jwk(jwk: dict[str, Any]) -> dict[str, Any]:

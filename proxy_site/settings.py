@@ -1,173 +1,57 @@
 """llm-proxy settings: every knob comes from the environment, with working defaults.
 
 With no environment at all the proxy runs on a SQLite file and an in-process counter
-store, with development secrets generated once into ``var/dev-secrets.json`` (ignored by
-git). ``PROXY_ENV=production`` turns every missing secret into a start-up error instead.
+store. Development secrets come from ``var/dev-secrets.json`` (ignored by git), which
+``make dev-secrets`` writes and ``make run`` and the test suite make sure of; importing
+settings never writes a file, and without that file a process makes secrets of its own that
+no other process shares. ``PROXY_ENV=production`` turns every missing secret into a
+start-up error instead.
 
 A malformed value stops the process at start with a message naming the variable: a
-proxy that silently falls back to a default cap or key is worse than one that won't boot.
+proxy that silently falls back to a default cap or key is worse than one that won't boot
+(the readers are in core/env.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+
+from core.devsecrets import generate_dev_secrets, read_dev_secrets
+from core.env import (
+    database_from_url,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    invalid_value,
+    load_json_or_file,
+)
+
+# Generic Django classes (ModelAdmin[Tenant], QuerySet[Key]) at run time, as mypy sees them.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PROXY_VAR_DIR", BASE_DIR / "var"))
 
 
-# --- small typed env helpers --------------------------------------------------------------
-
-
-def _bad(name: str, value: str, expected: str) -> ImproperlyConfigured:
-    return ImproperlyConfigured(f"{name}={value!r} is not valid: expected {expected}.")
-
-
-def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise _bad(name, raw, "one of true/false/1/0/yes/no/on/off")
-
-
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad(name, raw, "an integer") from None
-    if minimum is not None and value < minimum:
-        raise _bad(name, raw, f"an integer >= {minimum}")
-    return value
-
-
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _bad(name, raw, "a number") from None
-    if minimum is not None and value < minimum:
-        raise _bad(name, raw, f"a number >= {minimum}")
-    return value
-
-
-def env_list(name: str, default: list[str] | None = None) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return list(default or [])
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name, default) or default
-    if value not in choices:
-        raise _bad(name, value, "one of " + ", ".join(choices))
-    return value
-
-
-def database_from_url(name: str, url: str) -> dict[str, Any]:
-    """Turn ``postgres://user:pass@host:port/db?opt=v`` or ``sqlite:///path`` into DATABASES."""
-    parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query))
-    if parts.scheme == "sqlite":
-        # sqlite:///relative.db and sqlite:////absolute.db, as in dj-database-url.
-        path = unquote(parts.path[1:]) if parts.path.startswith("/") else parts.path
-        if not path:
-            raise _bad(name, url, "sqlite:///path/to/file.sqlite3")
-        db_path = Path(path) if Path(path).is_absolute() else BASE_DIR / path
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": db_path,
-            "OPTIONS": {
-                # WAL lets the proxy write usage while the admin reads; IMMEDIATE avoids
-                # "database is locked" on write upgrades under concurrent requests.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
-            "TEST": {"NAME": str(db_path.with_name("test_" + db_path.name))},
-        }
-    if parts.scheme in ("postgres", "postgresql", "pgsql"):
-        if not parts.path or parts.path == "/":
-            raise _bad(name, url, "postgres://user:password@host:5432/dbname")
-        try:
-            port = parts.port
-        except ValueError:
-            raise _bad(name, url, "a numeric port") from None
-        db: dict[str, Any] = {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parts.path[1:]),
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(port or ""),
-            "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
-            "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": options,
-        }
-        return db
-    raise _bad(name, url, "a sqlite:/// or postgres:// URL")
-
-
-# --- secrets: generated once for development, required in production ----------------------
+# --- secrets: read from var/dev-secrets.json in development, required in production -------
 
 PROXY_ENV = env_choice("PROXY_ENV", "development", ("development", "production"))
 PRODUCTION = PROXY_ENV == "production"
 
-
-def _dev_secrets() -> dict[str, str]:
-    """Secrets for a development checkout, created once and kept in the ignored var/ dir."""
-    path = VAR_DIR / "dev-secrets.json"
-    if path.exists():
-        data: dict[str, str] = json.loads(path.read_text())
-        return data
-    from cryptography.fernet import Fernet
-
-    from proxy_site.jwtkeys import generate_signing_jwk
-
-    data = {
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "PROXY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "JWT_SIGNING_JWK": json.dumps(generate_signing_jwk(kid="dev-1")),
-        "ADMIN_PASSWORD": secrets.token_urlsafe(12),
-    }
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    # Write-then-link so two processes starting at once agree on one set of secrets.
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.chmod(tmp, 0o600)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    existing: dict[str, str] = json.loads(path.read_text())
-    return existing
-
-
-DEV_SECRETS: dict[str, str] = {} if PRODUCTION else _dev_secrets()
+# Read only: `make dev-secrets` (core.devsecrets.ensure_dev_secrets) writes the file. Without
+# it this process gets secrets of its own, silently (settings log nothing at import).
+DEV_SECRETS: dict[str, str] = {}
+if not PRODUCTION:
+    DEV_SECRETS = read_dev_secrets(VAR_DIR / "dev-secrets.json") or generate_dev_secrets()
 
 
 def _secret(name: str, dev_key: str | None = None) -> str:
@@ -193,6 +77,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 PROXY_ENCRYPTION_KEYS = env_list("PROXY_ENCRYPTION_KEYS") or (
     [] if PRODUCTION else [DEV_SECRETS["PROXY_ENCRYPTION_KEY"]]
 )
+
 if not PROXY_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("PROXY_ENCRYPTION_KEYS must be set when PROXY_ENV=production.")
 
@@ -224,7 +109,9 @@ JWT_ALGORITHMS = env_list("JWT_ALGORITHMS", ["EdDSA"])
 _KNOWN_ALGS = {"EdDSA", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"}
 for _alg in JWT_ALGORITHMS:
     if _alg not in _KNOWN_ALGS:
-        raise _bad("JWT_ALGORITHMS", ",".join(JWT_ALGORITHMS), ", ".join(sorted(_KNOWN_ALGS)))
+        raise invalid_value(
+            "JWT_ALGORITHMS", ",".join(JWT_ALGORITHMS), ", ".join(sorted(_KNOWN_ALGS))
+        )
 JWT_ISSUER = env_str("JWT_ISSUER", "llm-proxy")
 JWT_AUDIENCE = env_str("JWT_AUDIENCE", "llm-proxy")
 JWT_LEEWAY_SECONDS = env_int("JWT_LEEWAY_SECONDS", 30, minimum=0)
@@ -232,27 +119,14 @@ JWT_MAX_TOKEN_BYTES = env_int("JWT_MAX_TOKEN_BYTES", 8192, minimum=256)
 JWT_SIGNING_JWK = _secret("JWT_SIGNING_JWK") if not PRODUCTION else env_str("JWT_SIGNING_JWK")
 
 
-def _load_json_or_file(name: str, raw: str) -> Any:
-    text = raw
-    if not raw.lstrip().startswith("{"):
-        try:
-            text = Path(raw).read_text()
-        except OSError as exc:
-            raise ImproperlyConfigured(f"{name}: cannot read {raw!r}: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
-
-
 def _jwks() -> dict[str, Any]:
     raw = env_str("JWT_JWKS")
     if raw:
-        data = _load_json_or_file("JWT_JWKS", raw)
+        data = load_json_or_file("JWT_JWKS", raw)
     elif JWT_SIGNING_JWK:
         from proxy_site.jwtkeys import public_jwks_from_signing_jwk
 
-        data = public_jwks_from_signing_jwk(_load_json_or_file("JWT_SIGNING_JWK", JWT_SIGNING_JWK))
+        data = public_jwks_from_signing_jwk(load_json_or_file("JWT_SIGNING_JWK", JWT_SIGNING_JWK))
     else:
         raise ImproperlyConfigured("JWT_JWKS must be set when PROXY_ENV=production.")
     from proxy_site.jwtkeys import validate_jwks
@@ -270,14 +144,14 @@ JWT_JWKS = _jwks()
 # --- Database, cache and counter store -----------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL", "sqlite:///var/llm-proxy.sqlite3")
-DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
+DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL, base_dir=BASE_DIR)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # REDIS_URL unset: an embedded in-process store that runs the same Lua scripts (one process
 # only). Set: real Redis, which is also Django's cache through django-redis.
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
-    raise _bad("REDIS_URL", REDIS_URL, "a redis://, rediss:// or unix:// URL")
+    raise invalid_value("REDIS_URL", REDIS_URL, "a redis://, rediss:// or unix:// URL")
 # Short on purpose: an unreachable Redis must turn into a clear 503 well within a second.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.3, minimum=0.01)
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 256, minimum=1)
@@ -301,6 +175,14 @@ else:
 # --- The proxy -----------------------------------------------------------------------------
 
 PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+# The API's views read request.body, which Django refuses (RequestDataTooBig, a 500) over
+# DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MiB by default: so that cap follows the proxy's own.
+# BodySizeLimit (proxy_site/handlers.py) has already refused any API body over
+# PROXY_MAX_BODY_BYTES with a 413 before reading it. The same cap bounds the admin's POSTs,
+# which is fine at 4 MiB: an admin form is a few KiB, so nothing legitimate comes near it,
+# and a bigger one is still refused (400) before it is parsed. Never below Django's default,
+# so a small PROXY_MAX_BODY_BYTES does not starve the admin.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(PROXY_MAX_BODY_BYTES, 2_621_440)
 PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
 # Chat parameters beyond OpenAI's own to pass on (comma-separated), for providers with extras.
 PROXY_EXTRA_CHAT_FIELDS = frozenset(env_list("PROXY_EXTRA_CHAT_FIELDS"))
@@ -312,7 +194,6 @@ PROXY_MAX_REQUEST_TOKENS = env_int("PROXY_MAX_REQUEST_TOKENS", 2_000_000, minimu
 PROXY_CONTEXT_TTL = env_float("PROXY_CONTEXT_TTL", 30.0, minimum=0.0)
 # How often a process asks Redis whether another process changed tenants, tiers or routes.
 PROXY_CONTEXT_POLL = env_float("PROXY_CONTEXT_POLL", 0.5, minimum=0.0)
-PROXY_DEFAULT_MAX_TOKENS = env_int("PROXY_DEFAULT_MAX_TOKENS", 4096, minimum=1)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
 # A stream whose provider has not started answering after this many seconds is opened to the
@@ -335,7 +216,7 @@ try:
 
     ZoneInfo(PROXY_WEEK_TIMEZONE)
 except (ValueError, KeyError, OSError):
-    raise _bad(
+    raise invalid_value(
         "PROXY_WEEK_TIMEZONE", PROXY_WEEK_TIMEZONE, "an IANA time zone such as UTC"
     ) from None
 # Reservations outlive any request (a crashed process's reservation is healed after this).
@@ -360,11 +241,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "rest_framework",
     "channels",
     "tenants",
     "routing",
     "usage",
+    "devtools",
 ]
 
 # The admin's stack. The proxy API (/v1/) is served by a separate handler with only the
@@ -413,10 +294,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # The admin's CSS and JS, served by WhiteNoise: in development straight from the apps, in
-# production from STATIC_ROOT after `manage.py collectstatic`.
+# production from STATIC_ROOT after `manage.py collectstatic`. Development looks files up per
+# request (autorefresh), so STATIC_ROOT need not exist there and settings create no directory.
 WHITENOISE_USE_FINDERS = not PRODUCTION
-if not PRODUCTION:
-    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+WHITENOISE_AUTOREFRESH = not PRODUCTION
 
 # Errors reports (DEBUG pages, mail to admins) never show secrets: see proxy_site/security.py.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "proxy_site.security.SecretsReporterFilter"
@@ -436,11 +317,6 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
-
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-}
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 LOGGING = {

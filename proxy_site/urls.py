@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from proxy_site import probes
 from proxy_site.security import ThrottledAdminLoginForm
 
 admin.site.site_header = "llm-proxy"
@@ -10,6 +11,8 @@ admin.site.site_title = "llm-proxy admin"
 admin.site.login_form = ThrottledAdminLoginForm
 
 urlpatterns = [
+    path("", probes.root, name="root"),
+    path("healthz", probes.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", include("routing.urls")),
 ]

@@ -1,3 +1,9 @@
+"""The admin of providers, pooled keys and routes.
+
+Saves and deletes go through the services, like every other write: they validate, seal a
+typed-in secret, and announce the change so that every process drops its cached contexts.
+"""
+
 from __future__ import annotations
 
 import time
@@ -6,18 +12,20 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
-from routing import keyring
+from routing import services
+from routing.health import key_health_get
 from routing.models import ModelRoute, Provider, ProviderKey
-from usage.counters import key_health_get
+from tenants.admin import adopt, form_changes
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(admin.ModelAdmin[Provider]):
     list_display = (
         "slug",
         "kind",
@@ -32,9 +40,25 @@ class ProviderAdmin(admin.ModelAdmin):
     search_fields = ("slug", "base_url")
     readonly_fields = ("created_at", "updated_at")
 
+    def save_model(
+        self, request: HttpRequest, obj: Provider, form: forms.ModelForm[Provider], change: bool
+    ) -> None:
+        if change:
+            services.provider_update(provider=obj, **form_changes(form))
+        else:
+            adopt(obj, services.provider_create(**form.cleaned_data))
 
-class ProviderKeyForm(forms.ModelForm):
-    """The secret is write-only: typed in, sealed at once, never rendered back."""
+    def delete_model(self, request: HttpRequest, obj: Provider) -> None:
+        services.provider_delete(provider=obj)
+
+    @transaction.atomic
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        for provider in queryset:
+            services.provider_delete(provider=provider)
+
+
+class ProviderKeyForm(forms.ModelForm[ProviderKey]):
+    """The secret is write-only: typed in, sealed by the service, never rendered back."""
 
     secret = forms.CharField(
         required=False,
@@ -53,19 +77,9 @@ class ProviderKeyForm(forms.ModelForm):
             self.add_error("secret", "A new key needs its secret.")
         return cleaned
 
-    @method_decorator(sensitive_variables("secret"))
-    def save(self, commit: bool = True) -> ProviderKey:
-        key = super().save(commit=False)
-        secret = self.cleaned_data.get("secret")
-        if secret:
-            key.secret_ciphertext, key.last4 = keyring.seal(secret)
-        if commit:
-            key.save()
-        return key
-
 
 @admin.register(ProviderKey)
-class ProviderKeyAdmin(admin.ModelAdmin):
+class ProviderKeyAdmin(admin.ModelAdmin[ProviderKey]):
     form = ProviderKeyForm
     list_display = (
         "label",
@@ -91,7 +105,8 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderKey]:
-        return super().get_queryset(request).annotate(request_count=Count("usage_records"))
+        keys: QuerySet[ProviderKey] = super().get_queryset(request)
+        return keys.annotate(request_count=Count("usage_records"))
 
     @admin.display(description="Requests", ordering="request_count")
     def requests(self, key: ProviderKey) -> int:
@@ -122,9 +137,33 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     def masked_secret(self, obj: ProviderKey) -> str:
         return obj.masked if obj.last4 else "—"
 
+    @method_decorator(sensitive_variables())
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: ProviderKey,
+        form: forms.ModelForm[ProviderKey],
+        change: bool,
+    ) -> None:
+        values = form_changes(form) if change else dict(form.cleaned_data)
+        secret = values.pop("secret", "") or None  # empty: keep the current one
+        if change:
+            services.provider_key_update(key=obj, secret=secret, **values)
+        else:
+            assert secret is not None  # the form requires one for a new key
+            adopt(obj, services.provider_key_create(secret=secret, **values))
+
+    def delete_model(self, request: HttpRequest, obj: ProviderKey) -> None:
+        services.provider_key_delete(key=obj)
+
+    @transaction.atomic
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ProviderKey]) -> None:
+        for key in queryset:
+            services.provider_key_delete(key=key)
+
 
 @admin.register(ModelRoute)
-class ModelRouteAdmin(admin.ModelAdmin):
+class ModelRouteAdmin(admin.ModelAdmin[ModelRoute]):
     list_display = (
         "tier",
         "model",
@@ -139,3 +178,19 @@ class ModelRouteAdmin(admin.ModelAdmin):
     search_fields = ("model", "upstream_model")
     list_select_related = ("tier", "provider")
     readonly_fields = ("created_at", "updated_at")
+
+    def save_model(
+        self, request: HttpRequest, obj: ModelRoute, form: forms.ModelForm[ModelRoute], change: bool
+    ) -> None:
+        if change:
+            services.route_update(route=obj, **form_changes(form))
+        else:
+            adopt(obj, services.route_create(**form.cleaned_data))
+
+    def delete_model(self, request: HttpRequest, obj: ModelRoute) -> None:
+        services.route_delete(route=obj)
+
+    @transaction.atomic
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelRoute]) -> None:
+        for route in queryset:
+            services.route_delete(route=route)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -24,8 +25,9 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.views.decorators.debug import sensitive_variables
 
-from routing import keyring
+from routing import keyring, services
 from routing.models import ModelRoute, Provider, ProviderKey
+from tenants import services as tenant_services
 from tenants.models import Tenant, Tier
 
 
@@ -58,24 +60,6 @@ _PROVIDER_FIELDS = {
     "idle_timeout": float,
     "total_timeout": float,
     "enabled": bool,
-}
-# A field a tier or provider table leaves out goes back to its default, so deleting a line
-# from the file (a cap, say) really removes it. Tenants are different: staff suspend them in
-# the admin, and re-applying the file must not quietly undo that.
-_TIER_DEFAULTS: dict[str, Any] = {
-    "weekly_token_cap": None,
-    "weekly_cost_cap_usd": None,
-    "requests_per_minute": 60,
-    "max_concurrent_requests": 4,
-    "default_max_tokens": 4096,
-    "rate_limits_fail_open": False,
-}
-_PROVIDER_DEFAULTS: dict[str, Any] = {
-    "connect_timeout": 5.0,
-    "first_byte_timeout": 60.0,
-    "idle_timeout": 60.0,
-    "total_timeout": 600.0,
-    "enabled": True,
 }
 _KEY_FIELDS = {"label": str, "env": str, "weight": int, "enabled": bool}
 _ROUTE_FIELDS = {
@@ -181,24 +165,33 @@ def load(path: Path, *, environ: Mapping[str, str]) -> dict[str, Any]:
     return expanded
 
 
-def _sync(obj: models.Model, values: dict[str, Any], report: ConfigReport, label: str) -> None:
-    """Create or update ``obj`` with ``values``, validating it, and note what changed."""
-    creating = obj._state.adding
-    if creating:
-        changed = list(values)
-    else:
-        changed = [name for name, value in values.items() if getattr(obj, name) != value]
-    for name in changed:
-        setattr(obj, name, values[name])
-    if not creating and not changed:
-        return
+def _defaults(model: type[models.Model], names: Iterable[str]) -> dict[str, Any]:
+    """The model fields' defaults: what a field the file leaves out goes back to."""
+    defaults: dict[str, Any] = {}
+    for name in names:
+        model_field = model._meta.get_field(name)
+        assert isinstance(model_field, models.Field)
+        defaults[name] = model_field.get_default()
+    return defaults
+
+
+def _diff(obj: models.Model, values: dict[str, Any]) -> dict[str, Any]:
+    """The values that differ from what ``obj`` holds."""
+    return {name: value for name, value in values.items() if getattr(obj, name) != value}
+
+
+@contextmanager
+def _checked(label: str) -> Iterator[None]:
+    """A service's validation error, as a ConfigError naming the object."""
     try:
-        obj.full_clean()
+        yield
     except ValidationError as exc:
         details = "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.message_dict.items())
         raise ConfigError(f"{label}: {details}") from None
-    obj.save()
-    report.add(f"created {label}" if creating else f"updated {label} ({', '.join(changed)})")
+
+
+def _updated(report: ConfigReport, label: str, changed: list[str]) -> None:
+    report.add(f"updated {label} ({', '.join(changed)})")
 
 
 @sensitive_variables()  # the environment and the provider keys read from it
@@ -282,10 +275,29 @@ def _apply(
     tenants: dict[str, dict[str, Any]],
     report: ConfigReport,
 ) -> None:
+    # A field a tier, provider, key or route leaves out goes back to its default, so deleting
+    # a line from the file (a cap, say) really removes it. Tenants are different: staff
+    # suspend them in the admin, and re-applying the file must not quietly undo that.
+    tier_defaults = _defaults(Tier, [name for name in _TIER_FIELDS if name != "name"])
+    provider_defaults = _defaults(
+        Provider, [name for name in _PROVIDER_FIELDS if name not in ("kind", "base_url")]
+    )
+    key_defaults = _defaults(ProviderKey, ["weight", "enabled"])
+    route_defaults = _defaults(
+        ModelRoute, ["priority", "input_usd_per_mtok", "output_usd_per_mtok", "enabled"]
+    )
+
     tier_objs: dict[str, Tier] = {}
     for slug, values in tiers.items():
-        tier = Tier.objects.filter(slug=slug).first() or Tier(slug=slug)
-        _sync(tier, {**_TIER_DEFAULTS, **values}, report, f"tier {slug}")
+        label, wanted = f"tier {slug}", {**tier_defaults, **values}
+        tier = Tier.objects.filter(slug=slug).first()
+        with _checked(label):
+            if tier is None:
+                tier = tenant_services.tier_create(slug=slug, **wanted)
+                report.add(f"created {label}")
+            elif changes := _diff(tier, wanted):
+                tenant_services.tier_update(tier=tier, **changes)
+                _updated(report, label, list(changes))
         tier_objs[slug] = tier
 
     def tier_named(slug: str, where: str) -> Tier:
@@ -293,30 +305,42 @@ def _apply(
 
     provider_objs: dict[str, Provider] = {}
     for slug, (values, keys) in providers.items():
-        provider = Provider.objects.filter(slug=slug).first() or Provider(slug=slug)
-        _sync(provider, {**_PROVIDER_DEFAULTS, **values}, report, f"provider {slug}")
+        label, wanted = f"provider {slug}", {**provider_defaults, **values}
+        provider = Provider.objects.filter(slug=slug).first()
+        with _checked(label):
+            if provider is None:
+                provider = services.provider_create(slug=slug, **wanted)
+                report.add(f"created {label}")
+            elif changes := _diff(provider, wanted):
+                services.provider_update(provider=provider, **changes)
+                _updated(report, label, list(changes))
         provider_objs[slug] = provider
         listed = set()
         for key_values in keys:
-            label, secret = key_values["label"], key_values["secret"]
-            listed.add(label)
-            key = ProviderKey.objects.filter(provider=provider, label=label).first()
-            wanted = {
-                "weight": key_values.get("weight", 1),
-                "enabled": key_values.get("enabled", True),
-            }
-            if key is None:
-                key = ProviderKey(provider=provider, label=label)
-                key.secret_ciphertext, key.last4 = keyring.seal(secret)
-            elif not keyring.matches(key.secret_ciphertext, secret):
-                key.secret_ciphertext, key.last4 = keyring.seal(secret)
-                key.save(update_fields=["secret_ciphertext", "last4", "updated_at"])
-                report.add(f"updated key {slug}/{label} (secret)")
-            _sync(key, wanted, report, f"key {slug}/{label}")
+            key_label, secret = key_values["label"], key_values["secret"]
+            listed.add(key_label)
+            label = f"key {slug}/{key_label}"
+            wanted = {**key_defaults, **{n: key_values[n] for n in key_defaults if n in key_values}}
+            key = ProviderKey.objects.filter(provider=provider, label=key_label).first()
+            with _checked(label):
+                if key is None:
+                    services.provider_key_create(
+                        provider=provider, label=key_label, secret=secret, **wanted
+                    )
+                    report.add(f"created {label}")
+                    continue
+                changes = _diff(key, wanted)
+                new_secret = not keyring.matches(key.secret_ciphertext, secret)
+                if changes or new_secret:
+                    services.provider_key_update(
+                        key=key, secret=secret if new_secret else None, **changes
+                    )
+                    _updated(report, label, ["secret", *changes] if new_secret else list(changes))
         for stale in ProviderKey.objects.filter(provider=provider, enabled=True).exclude(
             label__in=listed
         ):
-            _sync(stale, {"enabled": False}, report, f"key {slug}/{stale.label}")
+            services.provider_key_disable(key=stale)
+            _updated(report, f"key {slug}/{stale.label}", ["enabled"])
 
     def provider_named(slug: str, where: str) -> Provider:
         return _named(Provider, provider_objs, slug, where)
@@ -326,34 +350,38 @@ def _apply(
         where = f"[[routes]] #{index + 1}"
         tier = tier_named(values["tier"], where)
         provider = provider_named(values["provider"], where)
-        route = ModelRoute.objects.filter(
-            tier=tier,
-            model=values["model"],
-            provider=provider,
-            upstream_model=values["upstream_model"],
-        ).first() or ModelRoute(
-            tier=tier,
-            model=values["model"],
-            provider=provider,
-            upstream_model=values["upstream_model"],
-        )
-        wanted = {
-            "priority": values.get("priority", 0),
-            "input_usd_per_mtok": values.get("input_usd_per_mtok", Decimal(0)),
-            "output_usd_per_mtok": values.get("output_usd_per_mtok", Decimal(0)),
-            "enabled": values.get("enabled", True),
+        target = {
+            "tier": tier,
+            "model": values["model"],
+            "provider": provider,
+            "upstream_model": values["upstream_model"],
         }
+        wanted = {**route_defaults, **{n: values[n] for n in route_defaults if n in values}}
         label = f"route {tier.slug}:{values['model']} -> {provider.slug}/{values['upstream_model']}"
-        _sync(route, wanted, report, label)
+        route = ModelRoute.objects.filter(**target).first()
+        with _checked(label):
+            if route is None:
+                route = services.route_create(**target, **wanted)
+                report.add(f"created {label}")
+            elif changes := _diff(route, wanted):
+                services.route_update(route=route, **changes)
+                _updated(report, label, list(changes))
         listed_routes.setdefault(tier.pk, set()).add(route.pk)
     for tier_slug in tiers:
         tier = tier_objs[tier_slug]
         keep = listed_routes.get(tier.pk, set())
         for unlisted in ModelRoute.objects.filter(tier=tier, enabled=True).exclude(pk__in=keep):
-            _sync(unlisted, {"enabled": False}, report, f"route {unlisted}")
+            services.route_update(route=unlisted, enabled=False)
+            _updated(report, f"route {unlisted}", ["enabled"])
 
     for slug, values in tenants.items():
-        where = f"[tenants.{slug}]"
-        values = dict(values, tier=tier_named(values["tier"], where))
-        tenant = Tenant.objects.filter(slug=slug).first() or Tenant(slug=slug)
-        _sync(tenant, values, report, f"tenant {slug}")
+        where, label = f"[tenants.{slug}]", f"tenant {slug}"
+        wanted = dict(values, tier=tier_named(values["tier"], where))
+        tenant = Tenant.objects.filter(slug=slug).first()
+        with _checked(label):
+            if tenant is None:
+                tenant_services.tenant_create(slug=slug, **wanted)
+                report.add(f"created {label}")
+            elif changes := _diff(tenant, wanted):
+                tenant_services.tenant_update(tenant=tenant, **changes)
+                _updated(report, label, list(changes))

@@ -3,8 +3,8 @@
 A :class:`TenantContext` is an immutable snapshot of the tenant, its tier's limits and the
 tier's routes with their providers and (sealed) keys. Building it takes one thread hop and
 three queries; the cache keeps it for ``PROXY_CONTEXT_TTL`` seconds so authenticating a
-request touches no database. Saving any of the models it is built from clears the cache
-(routing/signals.py).
+request touches no database. The services that write the models it is built from clear the
+cache (they announce the change; routing/signals.py listens).
 """
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ from decimal import Decimal
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.http import HttpRequest
 
+from core.errors import ProxyError
+from core.singleflight import SingleFlight
+from routing.generation import aconfig_generation
 from routing.keyring import KeyringError, ProviderKeyAuth
 from routing.models import ModelRoute, Provider, ProviderKey
-from routing.singleflight import SingleFlight
+from tenants.auth import reject, token_from, verify_token
+from tenants.limits import Limits
 from tenants.models import Tenant
+from usage.bill import Price
 
 _AUTH_HEADER: dict[str, str] = {
     Provider.Kind.OPENAI: "authorization",
@@ -60,20 +66,9 @@ class Route:
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
 
-    def cost(self, *, input_tokens: int, output_tokens: int) -> Decimal:
-        return (
-            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
-        ) / Decimal(1_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    weekly_token_cap: int | None
-    weekly_cost_cap_usd: Decimal | None
-    requests_per_minute: int
-    max_concurrent_requests: int
-    default_max_tokens: int
-    rate_limits_fail_open: bool
+    @property
+    def price(self) -> Price:
+        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +90,7 @@ class TenantContext:
         return sorted(self.routes)
 
 
-def _load(slug: str) -> TenantContext | None:
+def load_context(slug: str) -> TenantContext | None:
     tenant = Tenant.objects.select_related("tier").filter(slug=slug).first()
     if tenant is None:
         return None
@@ -185,9 +180,12 @@ class ContextCache:
         self._entries.clear()
         self._generation += 1
 
-    async def _poll(self, now: float) -> None:
-        from usage.counters import aconfig_generation
+    @property
+    def generation(self) -> int:
+        """How many times this process's cache was invalidated (for tests and diagnostics)."""
+        return self._generation
 
+    async def _poll(self, now: float) -> None:
         self._polled_at = now
         remote = await aconfig_generation()
         if remote is not None and remote != self._remote_generation:
@@ -206,7 +204,7 @@ class ContextCache:
 
     async def _aload(self, slug: str, now: float) -> TenantContext | None:
         generation = self._generation
-        context = await database_sync_to_async(_load)(slug)
+        context: TenantContext | None = await database_sync_to_async(load_context)(slug)
         ttl: float = settings.PROXY_CONTEXT_TTL
         # Unknown tenants are not cached, and neither is a load that raced an invalidation.
         if context is not None and ttl > 0 and generation == self._generation:
@@ -215,3 +213,19 @@ class ContextCache:
 
 
 context_cache = ContextCache()
+
+
+async def aauthenticate(request: HttpRequest) -> TenantContext:
+    """The calling tenant's context, or ProxyError (401 bad token, 403 suspended/revoked)."""
+    token = token_from(request)
+    if not token:
+        raise reject("no token")
+    claims = verify_token(token)
+    context = await context_cache.aget(claims["sub"])
+    if context is None:
+        raise reject("unknown tenant")
+    if not context.active:
+        raise ProxyError(403, "This tenant is suspended.", code="tenant_suspended")
+    if claims["ver"] != context.token_version:
+        raise ProxyError(403, "This token has been revoked.", code="token_revoked")
+    return context

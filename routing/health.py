@@ -17,12 +17,56 @@ from collections.abc import Sequence
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.utils import timezone
 
+from core.redis import RedisFailure, async_client, sync_client
 from routing.context import PooledKey
-from usage import counters
 
 logger = logging.getLogger(__name__)
+
+# pooled key id -> "cool:<until ms>" or "off", shared by every process.
+KEY_HEALTH_KEY = "lp:keyhealth"
+
+
+def _decoded(raw: dict[bytes | str, bytes | str]) -> dict[int, str]:
+    return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+
+
+async def akey_health() -> dict[int, str]:
+    """Every process's shared view of resting and refused pooled keys ({} if unreachable)."""
+    try:
+        return _decoded(await async_client().hgetall(KEY_HEALTH_KEY))
+    except RedisFailure:
+        return {}
+
+
+async def akey_cool(key_id: int, until_ms: int) -> None:
+    try:
+        await async_client().hset(KEY_HEALTH_KEY, str(key_id), f"cool:{until_ms}")
+    except RedisFailure:
+        pass  # this process still rests the key; the others learn of it by their own 429
+
+
+async def akey_off(key_id: int) -> None:
+    try:
+        await async_client().hset(KEY_HEALTH_KEY, str(key_id), "off")
+    except RedisFailure:
+        pass  # the database flag (written next) still reaches every process
+
+
+def key_health_clear(key_id: int) -> None:
+    """Staff re-enabled or replaced a key: forget what the proxy concluded about it."""
+    try:
+        sync_client().hdel(KEY_HEALTH_KEY, str(key_id))
+    except RedisFailure:
+        pass
+
+
+def key_health_get() -> dict[int, str]:
+    """The shared key states, for the admin ({} if Redis cannot say)."""
+    try:
+        return _decoded(sync_client().hgetall(KEY_HEALTH_KEY))
+    except RedisFailure:
+        return {}
 
 
 class KeyHealth:
@@ -37,7 +81,7 @@ class KeyHealth:
         if now - self._polled_at < settings.PROXY_CONTEXT_POLL:
             return
         self._polled_at = now
-        shared = await counters.akey_health()
+        shared = await akey_health()
         resting: dict[int, float] = {}
         off: set[int] = set()
         for key_id, state in shared.items():
@@ -69,13 +113,13 @@ class KeyHealth:
         until = time.time() + seconds
         self._resting_until[key.id] = until
         logger.warning("pooled key %s rests %.0fs: %s", key.label, seconds, error)
-        await counters.akey_cool(key.id, int(until * 1000))
+        await akey_cool(key.id, int(until * 1000))
         self._persist(key.id, error=error, disable=False)
 
     async def aswitch_off(self, key: PooledKey, *, error: str) -> None:
         self._off.add(key.id)
         logger.error("pooled key %s switched off: %s", key.label, error)
-        await counters.akey_off(key.id)
+        await akey_off(key.id)
         self._persist(key.id, error=error, disable=True)
 
     def _persist(self, key_id: int, *, error: str, disable: bool) -> None:
@@ -90,23 +134,17 @@ class KeyHealth:
 
 
 def _record_key_error(key_id: int, error: str, disable: bool) -> None:
+    # Imported here: the key services clear key health, so they import this module.
+    from routing import services
     from routing.models import ProviderKey
 
+    services.provider_key_note_error(key_id=key_id, error=error)
     if not disable:
-        # A plain update: a resting key changes no tenant context, so no cache is dropped.
-        ProviderKey.objects.filter(pk=key_id).update(
-            last_error=error[:300], last_error_at=timezone.now()
-        )
-        return
-    key = ProviderKey.objects.filter(pk=key_id).first()
-    if key is None:
-        return
-    key.enabled, key.disabled_reason = False, error[:200]
-    key.last_error, key.last_error_at = error[:300], timezone.now()
-    # save(): the signal drops every process's cached contexts, which then leave the key out.
-    key.save(
-        update_fields=["enabled", "disabled_reason", "last_error", "last_error_at", "updated_at"]
-    )
+        return  # a resting key changes no tenant context: no cache is dropped
+    key = ProviderKey.objects.filter(pk=key_id, enabled=True).first()
+    if key is not None:
+        # Announced by the service: every process's contexts then leave the key out.
+        services.provider_key_disable(key=key, reason=error)
 
 
 key_health = KeyHealth()

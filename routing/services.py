@@ -1,50 +1,175 @@
-"""Writes to providers, pooled keys and routes."""
+"""Writes to providers, pooled keys and routes.
+
+Every write to what a tenant context is built from announces the change
+(``core.signals.announce_config_change``): the cached contexts of every process are dropped
+once the transaction commits. A key staff (or a config file) turned on or gave a new secret
+also loses what the proxy concluded about it (resting, refused). A field a create leaves out
+takes the model field's default, stated once, on the model.
+"""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, TypedDict, Unpack
 
-from django.db import transaction
+from django.db import models, transaction
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from core.signals import announce_config_change
 from routing import keyring
+from routing.health import key_health_clear
 from routing.models import ModelRoute, Provider, ProviderKey
 from tenants.models import Tier
 
 
+class ProviderFields(TypedDict, total=False):
+    """A provider's settings besides slug, kind and base URL (left out: the field's default)."""
+
+    connect_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
+    total_timeout: float
+    enabled: bool
+
+
+class ProviderChanges(ProviderFields, total=False):
+    slug: str
+    kind: str
+    base_url: str
+
+
+class KeyFields(TypedDict, total=False):
+    weight: int
+    enabled: bool
+
+
+class KeyChanges(KeyFields, total=False):
+    provider: Provider
+    label: str
+
+
+class RouteFields(TypedDict, total=False):
+    priority: int
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+    enabled: bool
+
+
+class RouteChanges(RouteFields, total=False):
+    tier: Tier
+    model: str
+    provider: Provider
+    upstream_model: str
+
+
+def _saved(obj: models.Model, update_fields: list[str] | None = None) -> None:
+    """Validate and save ``obj``, and announce that tenant contexts changed."""
+    obj.full_clean()
+    obj.save(update_fields=update_fields)
+    announce_config_change()
+
+
+def _changed(obj: models.Model, changes: dict[str, Any]) -> bool:
+    """Apply ``changes`` to ``obj`` and save only those fields; False when there were none."""
+    if not changes:
+        return False
+    for name, value in changes.items():
+        setattr(obj, name, value)
+    _saved(obj, update_fields=[*changes, "updated_at"])
+    return True
+
+
+def _forget_health(key_ids: list[int]) -> None:
+    """After commit: the shared resting/refused state of these keys no longer holds."""
+
+    def clear() -> None:
+        for key_id in key_ids:
+            key_health_clear(key_id)
+
+    transaction.on_commit(clear)
+
+
+# --- providers ------------------------------------------------------------------------------
+
+
 def provider_create(
-    *,
-    slug: str,
-    kind: str,
-    base_url: str,
-    connect_timeout: float = 5.0,
-    first_byte_timeout: float = 60.0,
-    idle_timeout: float = 60.0,
-    total_timeout: float = 600.0,
+    *, slug: str, kind: str, base_url: str, **fields: Unpack[ProviderFields]
 ) -> Provider:
-    provider = Provider(
-        slug=slug,
-        kind=kind,
-        base_url=base_url,
-        connect_timeout=connect_timeout,
-        first_byte_timeout=first_byte_timeout,
-        idle_timeout=idle_timeout,
-        total_timeout=total_timeout,
-    )
-    provider.full_clean()
-    provider.save()
+    provider = Provider(slug=slug, kind=kind, base_url=base_url, **fields)
+    _saved(provider)
     return provider
+
+
+def provider_update(*, provider: Provider, **changes: Unpack[ProviderChanges]) -> Provider:
+    """Set the given fields (and only those); nothing given, nothing written."""
+    _changed(provider, dict(changes))
+    return provider
+
+
+@transaction.atomic
+def provider_delete(*, provider: Provider) -> None:
+    """Delete a provider and its keys (refused while routes use it: ProtectedError)."""
+    key_ids = list(provider.keys.values_list("pk", flat=True))
+    provider.delete()
+    _forget_health(key_ids)
+    announce_config_change()
+
+
+# --- pooled keys ----------------------------------------------------------------------------
 
 
 @sensitive_variables("secret")
 def provider_key_create(
-    *, provider: Provider, label: str, secret: str, weight: int = 1, enabled: bool = True
+    *, provider: Provider, label: str, secret: str, **fields: Unpack[KeyFields]
 ) -> ProviderKey:
-    key = ProviderKey(provider=provider, label=label, weight=weight, enabled=enabled)
+    key = ProviderKey(provider=provider, label=label, **fields)
     key.secret_ciphertext, key.last4 = keyring.seal(secret)
-    key.full_clean()
-    key.save()
+    _saved(key)
+    if key.enabled:
+        _forget_health([key.pk])  # a key id the shared state may know from a deleted key
     return key
+
+
+@sensitive_variables("secret")
+def provider_key_update(
+    *, key: ProviderKey, secret: str | None = None, **changes: Unpack[KeyChanges]
+) -> ProviderKey:
+    """Set the given fields (and only those) and, given a secret, replace the key's.
+
+    A key switched on loses the reason it was switched off. A key left on by a change (staff
+    saving it, a new secret) loses what the proxy concluded about it: it is tried again.
+    """
+    values: dict[str, Any] = dict(changes)
+    if changes.get("enabled", key.enabled) and key.disabled_reason:
+        values["disabled_reason"] = ""
+    if secret:
+        values["secret_ciphertext"], values["last4"] = keyring.seal(secret)
+    if _changed(key, values) and key.enabled:
+        _forget_health([key.pk])
+    return key
+
+
+def provider_key_disable(*, key: ProviderKey, reason: str = "") -> ProviderKey:
+    """Switch a key off; ``reason`` (shown to staff) when the proxy does it itself."""
+    _changed(key, {"enabled": False, "disabled_reason": reason[:200]})
+    return key
+
+
+def provider_key_note_error(*, key_id: int, error: str) -> None:
+    """Record a provider's error with a key, for staff. Changes no tenant context (a resting
+    key stays in the contexts; the rest is shared through Redis): nothing is announced."""
+    ProviderKey.objects.filter(pk=key_id).update(
+        last_error=error[:300], last_error_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def provider_key_delete(*, key: ProviderKey) -> None:
+    key_id = key.pk
+    key.delete()
+    _forget_health([key_id])
+    announce_config_change()
 
 
 def provider_keys_rotate_encryption() -> tuple[int, int]:
@@ -62,7 +187,12 @@ def provider_keys_rotate_encryption() -> tuple[int, int]:
             key.secret_ciphertext = keyring.reseal(key.secret_ciphertext)
             key.save(update_fields=["secret_ciphertext", "updated_at"])
             rotated += 1
+        if rotated:
+            announce_config_change()  # the contexts hold the ciphertexts
     return rotated, current
+
+
+# --- routes ---------------------------------------------------------------------------------
 
 
 def route_create(
@@ -71,19 +201,21 @@ def route_create(
     model: str,
     provider: Provider,
     upstream_model: str,
-    priority: int = 0,
-    input_usd_per_mtok: Decimal = Decimal(0),
-    output_usd_per_mtok: Decimal = Decimal(0),
+    **fields: Unpack[RouteFields],
 ) -> ModelRoute:
     route = ModelRoute(
-        tier=tier,
-        model=model,
-        provider=provider,
-        upstream_model=upstream_model,
-        priority=priority,
-        input_usd_per_mtok=input_usd_per_mtok,
-        output_usd_per_mtok=output_usd_per_mtok,
+        tier=tier, model=model, provider=provider, upstream_model=upstream_model, **fields
     )
-    route.full_clean()
-    route.save()
+    _saved(route)
     return route
+
+
+def route_update(*, route: ModelRoute, **changes: Unpack[RouteChanges]) -> ModelRoute:
+    """Set the given fields (and only those); nothing given, nothing written."""
+    _changed(route, dict(changes))
+    return route
+
+
+def route_delete(*, route: ModelRoute) -> None:
+    route.delete()
+    announce_config_change()

@@ -1,37 +1,24 @@
-"""Any change to what a tenant context is built from drops the cached contexts."""
+"""Any change to what a tenant context is built from drops the cached contexts.
+
+The services that write tiers, tenants, providers, keys and routes announce each change
+(``core.signals.announce_config_change``, sent once the transaction commits); this receiver
+drops this process's contexts at once and tells every other process through the shared
+generation value. There are no model-signal receivers: a write that bypasses the services
+(``QuerySet.update()``, a shell ``save()``) is not announced, so nothing may bypass them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
-from django.db.models.signals import post_delete, post_save
-
+from core.signals import config_changed
 from routing.context import context_cache
-from routing.models import ModelRoute, Provider, ProviderKey
-from tenants.models import Tenant, Tier
-from usage.counters import bump_config_generation, key_health_clear
+from routing.generation import bump_config_generation
 
 
-def _changed() -> None:
+def _on_config_changed(**kwargs: Any) -> None:
     context_cache.invalidate()  # this process: at once
     bump_config_generation()  # every other process: at its next generation check
 
 
-def _invalidate(**kwargs: Any) -> None:
-    # After commit, or another process could reload the old rows and cache them again.
-    transaction.on_commit(_changed)
-
-
-def _key_saved(instance: ProviderKey, **kwargs: Any) -> None:
-    if instance.enabled:
-        # Staff (or a config file) turned it on, or gave it a new secret: whatever the proxy
-        # concluded about the old state no longer holds.
-        transaction.on_commit(lambda: key_health_clear(instance.pk))
-
-
-post_save.connect(_key_saved, sender=ProviderKey, dispatch_uid="key-health-clear")
-
-for _model in (Tier, Tenant, Provider, ProviderKey, ModelRoute):
-    post_save.connect(_invalidate, sender=_model, dispatch_uid=f"ctx-save-{_model.__name__}")
-    post_delete.connect(_invalidate, sender=_model, dispatch_uid=f"ctx-delete-{_model.__name__}")
+config_changed.connect(_on_config_changed, dispatch_uid="ctx-config-changed")

@@ -59,8 +59,3 @@ class SSEParser:
             start = end + 2
         self._buffer = buffer[start:]
         return events
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes of an event not yet terminated (what a broken stream left behind)."""
-        return self._buffer

@@ -5,7 +5,7 @@ rests and one it refuses (401/403) is switched off, and the next key is tried; a
 that fails (5xx) gets one more key, then the next route by priority takes over, as does a
 connection refused or a provider too slow to start. All of it within the first route's total
 deadline, and never once a byte of an answer has reached the client: this module only opens
-answers; relaying them is the view's.
+answers; relaying them is the pipeline's.
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from routing.adapters import Adapter, adapter_for
-from routing.adapters.base import error_message_of, upstream_error
+from core.errors import ProxyError
+from core.http import upstream_client
+from routing.codecs.base import (
+    Call,
+    ClientCodec,
+    ProviderCodec,
+    UpstreamRequest,
+    error_message_of,
+    upstream_error,
+)
 from routing.context import PooledKey, Route
-from routing.errors import ProxyError
 from routing.health import key_health
-from routing.http import upstream_client
-from routing.schema import ChatRequest
 
 # An error body is read for its message only; a provider that answers an error with
 # megabytes is cut here.
@@ -69,7 +74,7 @@ class Attempt:
 @dataclass
 class Opened:
     response: httpx.Response
-    adapter: Adapter
+    codec: ProviderCodec[Any]  # how this route's answer becomes the client's
     route: Route
     key: PooledKey
 
@@ -95,9 +100,7 @@ async def asend_once(
     *,
     route: Route,
     key: PooledKey,
-    url: str,
-    payload: dict[str, Any],
-    headers: dict[str, str],
+    outgoing: UpstreamRequest,
     deadline: float,
 ) -> httpx.Response:
     """One attempt: the provider's answer with its headers read, or UpstreamError."""
@@ -111,7 +114,9 @@ async def asend_once(
         write=provider.idle_timeout,
         pool=provider.connect_timeout,
     )
-    request = client.build_request("POST", url, json=payload, headers=headers, timeout=timeout)
+    request = client.build_request(
+        "POST", outgoing.url, json=outgoing.payload, headers=outgoing.headers, timeout=timeout
+    )
     loop = asyncio.get_running_loop()
     first_byte_by = min(deadline, time.monotonic() + provider.first_byte_timeout)
     try:
@@ -158,7 +163,8 @@ async def asend_once(
 
 async def aopen(
     *,
-    chat: ChatRequest,
+    call: Call,
+    codec: ClientCodec[Any],
     routes: tuple[Route, ...],
     max_tokens: int,
     attempt: Attempt,
@@ -169,9 +175,9 @@ async def aopen(
     refusal: ProxyError | None = None  # a route that could not take the request at all
     failure: UpstreamError | None = None  # the last provider failure
     for route in routes:
-        adapter = adapter_for(route.provider.kind)
+        provider_codec = codec.provider_codec(route.provider.kind)
         try:
-            url, payload, headers = adapter.build(route=route, chat=chat, max_tokens=max_tokens)
+            outgoing = provider_codec.build(route=route, call=call, max_tokens=max_tokens)
         except ProxyError as error:
             # This route's provider cannot take the request (say, tools on Anthropic); a
             # fallback may. If none can, the client hears why from the first.
@@ -191,9 +197,7 @@ async def aopen(
                 response = await asend_once(
                     route=route,
                     key=key,
-                    url=url,
-                    payload=payload,
-                    headers=headers,
+                    outgoing=outgoing,
                     deadline=deadline,
                 )
             except UpstreamError as error:
@@ -226,7 +230,7 @@ async def aopen(
                 if not error.transient and status != 404:
                     raise  # the request itself is wrong: no other provider will like it better
                 break  # unreachable, too slow, failing, or not knowing the model: next route
-            return Opened(response=response, adapter=adapter, route=route, key=key)
+            return Opened(response=response, codec=provider_codec, route=route, key=key)
     if failure is not None:
         raise failure
     if refusal is not None:

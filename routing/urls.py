@@ -7,4 +7,7 @@ from routing import views
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/models", views.list_models, name="models"),
+    # Last: whatever else is under /v1/ is an unknown API path, answered in JSON.
+    path("v1/", views.unknown_path),
+    path("v1/<path:rest>", views.unknown_path, name="unknown-api-path"),
 ]

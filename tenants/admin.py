@@ -1,38 +1,42 @@
+"""The tier admin, and what every admin of a model tenant contexts are built from shares.
+
+Admin saves and deletes go through the services, like every other write: they validate,
+and they announce the change so that every process drops its cached contexts. (The tenant
+admin, which shows live usage, is in usage/admin.py.)
+"""
+
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
+from django import forms
+from django.contrib import admin
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from tenants import services
-from tenants.models import Tenant, Tier
-from usage.selectors import WeekUsage, tenants_week_usage
-from usage.services import tenant_week_reset
-from usage.weeks import week_of
+from tenants.models import Tier
+
+_M = TypeVar("_M", bound=models.Model)
 
 
-def _percent(used: float, cap: float | None) -> str:
-    return f" ({100 * used / cap:.0f}%)" if cap else ""
+def form_changes(form: forms.ModelForm[Any]) -> dict[str, Any]:
+    """What a change form changed: the fields to hand to an update service."""
+    return {name: form.cleaned_data[name] for name in form.changed_data}
 
 
-def _usage_text(tenant: Tenant, usage: WeekUsage | None) -> str:
-    if usage is None:
-        return "—"
-    token_cap, cost_cap = tenant.weekly_token_cap, tenant.weekly_cost_cap_usd
-    tokens = f"{usage.tokens:,} / {token_cap:,} tokens" if token_cap else f"{usage.tokens:,} tokens"
-    tokens += _percent(usage.tokens, token_cap)
-    cost = f"${usage.cost_usd:.2f}" + (f" / ${cost_cap:.2f}" if cost_cap else "")
-    cost += _percent(float(usage.cost_usd), float(cost_cap) if cost_cap else None)
-    source = "" if usage.live else " (from the ledger: counters not live)"
-    return f"{tokens}; {cost}{source}"
+def adopt(obj: _M, saved: _M) -> None:
+    """The admin goes on with its own instance (to log the addition and redirect to it): give
+    it what the create service saved, primary key and field defaults included."""
+    for model_field in saved._meta.concrete_fields:
+        setattr(obj, model_field.attname, getattr(saved, model_field.attname))
+    obj._state.adding = False
+    obj._state.db = saved._state.db
 
 
 @admin.register(Tier)
-class TierAdmin(admin.ModelAdmin):
+class TierAdmin(admin.ModelAdmin[Tier]):
     list_display = (
         "slug",
         "name",
@@ -45,81 +49,18 @@ class TierAdmin(admin.ModelAdmin):
     search_fields = ("slug", "name")
     readonly_fields = ("created_at", "updated_at")
 
+    def save_model(
+        self, request: HttpRequest, obj: Tier, form: forms.ModelForm[Tier], change: bool
+    ) -> None:
+        if change:
+            services.tier_update(tier=obj, **form_changes(form))
+        else:
+            adopt(obj, services.tier_create(**form.cleaned_data))
 
-@admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "tier", "status", "this_week", "token_version", "created_at")
-    list_filter = ("status", "tier")
-    search_fields = ("slug", "name")
-    list_select_related = ("tier",)
-    readonly_fields = ("this_week", "token_version", "created_at", "updated_at")
-    actions = ("suspend", "activate", "revoke_tokens", "reset_week")
-    fieldsets = (
-        (None, {"fields": ("slug", "name", "tier", "status")}),
-        (
-            "Limits (empty: the tier's)",
-            {
-                "fields": (
-                    "weekly_token_cap_override",
-                    "weekly_cost_cap_usd_override",
-                    "requests_per_minute_override",
-                    "max_concurrent_requests_override",
-                )
-            },
-        ),
-        ("Usage", {"fields": ("this_week",)}),
-        ("Tokens", {"fields": ("token_version", "created_at", "updated_at")}),
-    )
+    def delete_model(self, request: HttpRequest, obj: Tier) -> None:
+        services.tier_delete(tier=obj)
 
-    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
-        changelist = super().get_changelist_instance(request)
-        # One Redis round trip for the whole page, not one per row.
-        page = list(changelist.result_list)
-        usage = tenants_week_usage(tenants=page, week=week_of(timezone.now()))
-        for tenant in page:
-            tenant.week_usage = usage.get(tenant.pk)
-        return changelist
-
-    @admin.display(description="This week (live)")
-    def this_week(self, tenant: Tenant) -> str:
-        if not tenant.pk:
-            return "—"
-        usage: Any = getattr(tenant, "week_usage", None)
-        if usage is None:
-            usage = tenants_week_usage(tenants=[tenant], week=week_of(timezone.now()))[tenant.pk]
-        return _usage_text(tenant, usage)
-
-    @admin.action(description="Suspend selected tenants")
-    def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        for tenant in queryset:
-            services.tenant_suspend(tenant=tenant)
-        self.message_user(request, f"Suspended {queryset.count()} tenant(s).", messages.SUCCESS)
-
-    @admin.action(description="Activate selected tenants")
-    def activate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        for tenant in queryset:
-            services.tenant_activate(tenant=tenant)
-        self.message_user(request, f"Activated {queryset.count()} tenant(s).", messages.SUCCESS)
-
-    @admin.action(description="Reset this week's usage of selected tenants")
-    def reset_week(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        user = request.user if request.user.is_authenticated else None
-        for tenant in queryset:
-            reset = tenant_week_reset(tenant=tenant, by=user)
-            # Audited twice over: the WeekReset row and the admin's own log.
-            self.log_change(
-                request,
-                tenant,
-                f"Reset week {reset.week}: forgave {reset.tokens} tokens, ${reset.cost_usd}.",
-            )
-        self.message_user(
-            request, f"Reset this week's usage of {queryset.count()} tenant(s).", messages.SUCCESS
-        )
-
-    @admin.action(description="Revoke all tokens of selected tenants")
-    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        for tenant in queryset:
-            services.tenant_revoke_tokens(tenant=tenant)
-        self.message_user(
-            request, f"Revoked the tokens of {queryset.count()} tenant(s).", messages.SUCCESS
-        )
+    @transaction.atomic
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Tier]) -> None:
+        for tier in queryset:
+            services.tier_delete(tier=tier)

@@ -2,7 +2,8 @@
 
 Every way a token can be wrong gets the same 401 body, so a caller learns nothing about
 which check failed; the reason goes to the log (never the token itself). A valid token for
-a suspended tenant or an outdated ``ver`` gets 403.
+a suspended tenant or an outdated ``ver`` gets 403 (routing/context.py's ``aauthenticate``,
+which holds the tenant's cached context to compare them with).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import jwt
 from django.conf import settings
 from django.http import HttpRequest
 
-from routing.context import TenantContext, context_cache
-from routing.errors import ProxyError
+from core.errors import ProxyError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _current_keyset() -> _KeySet:
     return _keyset
 
 
-def _token_from(request: HttpRequest) -> str | None:
+def token_from(request: HttpRequest) -> str | None:
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
@@ -70,7 +70,7 @@ def _token_from(request: HttpRequest) -> str | None:
 def verify_token(token: str) -> dict[str, Any]:
     """The token's claims, or ProxyError(401). Pure: no I/O."""
     if len(token) > settings.JWT_MAX_TOKEN_BYTES:
-        raise _reject("token over the size limit")
+        raise reject("token over the size limit")
     keyset = _current_keyset()
     claims = keyset.verified.get(token)
     if claims is not None:
@@ -89,22 +89,22 @@ def _verify(token: str, keys: dict[str, jwt.PyJWK]) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
-        raise _reject("malformed token header") from None
+        raise reject("malformed token header") from None
     alg = header.get("alg")
     # Checked before any key is chosen: "none" and anything not configured never get further.
     if alg not in settings.JWT_ALGORITHMS:
-        raise _reject(f"algorithm {alg!r} not allowed")
+        raise reject(f"algorithm {alg!r} not allowed")
     kid = header.get("kid")
     if kid is None and len(keys) == 1:
         key = next(iter(keys.values()))
     elif isinstance(kid, str) and kid in keys:
         key = keys[kid]
     else:
-        raise _reject("unknown kid")
+        raise reject("unknown kid")
     # A key is used only with its own algorithm: an HS256 token can never be checked
     # against an RSA/EdDSA public key used as an HMAC secret.
     if key.algorithm_name != alg:
-        raise _reject("algorithm does not match the key")
+        raise reject("algorithm does not match the key")
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -116,28 +116,12 @@ def _verify(token: str, keys: dict[str, jwt.PyJWK]) -> dict[str, Any]:
             options={"require": _REQUIRED_CLAIMS, "verify_iat": True},
         )
     except jwt.InvalidTokenError as exc:
-        raise _reject(type(exc).__name__) from None
+        raise reject(type(exc).__name__) from None
     if not isinstance(claims.get("sub"), str) or type(claims.get("ver")) is not int:
-        raise _reject("sub or ver of the wrong type")
+        raise reject("sub or ver of the wrong type")
     return claims
 
 
-def _reject(reason: str) -> ProxyError:
+def reject(reason: str) -> ProxyError:
     logger.info("token rejected: %s", reason)
     return unauthorized()
-
-
-async def aauthenticate(request: HttpRequest) -> TenantContext:
-    """The calling tenant's context, or ProxyError (401 bad token, 403 suspended/revoked)."""
-    token = _token_from(request)
-    if not token:
-        raise _reject("no token")
-    claims = verify_token(token)
-    context = await context_cache.aget(claims["sub"])
-    if context is None:
-        raise _reject("unknown tenant")
-    if not context.active:
-        raise ProxyError(403, "This tenant is suspended.", code="tenant_suspended")
-    if claims["ver"] != context.token_version:
-        raise ProxyError(403, "This token has been revoked.", code="token_revoked")
-    return context

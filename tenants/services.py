@@ -1,78 +1,150 @@
-"""Writes to tiers and tenants, and issuing tenant tokens."""
+"""Writes to tiers and tenants, and issuing tenant tokens.
+
+Every write to what a tenant context is built from announces the change
+(``core.signals.announce_config_change``): the cached contexts of every process are dropped
+once the transaction commits. A field a create leaves out takes the model field's default,
+stated once, on the model.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jwt
 from django.conf import settings
-from django.db import transaction
+from django.contrib.auth.models import User
+from django.db import models, transaction
 from django.db.models import F
+from django.utils import timezone
 
+from core.signals import announce_config_change
 from tenants.models import Tenant, Tier
+
+logger = logging.getLogger(__name__)
 
 
 class TokenSigningUnavailable(Exception):
     pass
 
 
-def tier_create(
-    *,
-    slug: str,
-    name: str,
-    weekly_token_cap: int | None = None,
-    weekly_cost_cap_usd: Decimal | None = None,
-    requests_per_minute: int = 60,
-    max_concurrent_requests: int = 4,
-    default_max_tokens: int = 4096,
-    rate_limits_fail_open: bool = False,
-) -> Tier:
-    tier = Tier(
-        slug=slug,
-        name=name,
-        weekly_token_cap=weekly_token_cap,
-        weekly_cost_cap_usd=weekly_cost_cap_usd,
-        requests_per_minute=requests_per_minute,
-        max_concurrent_requests=max_concurrent_requests,
-        default_max_tokens=default_max_tokens,
-        rate_limits_fail_open=rate_limits_fail_open,
-    )
-    tier.full_clean()
-    tier.save()
+class TierFields(TypedDict, total=False):
+    """A tier's settings besides its slug and name (left out: the model field's default)."""
+
+    weekly_token_cap: int | None
+    weekly_cost_cap_usd: Decimal | None
+    requests_per_minute: int
+    max_concurrent_requests: int
+    default_max_tokens: int
+    rate_limits_fail_open: bool
+
+
+class TierChanges(TierFields, total=False):
+    slug: str
+    name: str
+
+
+class TenantFields(TypedDict, total=False):
+    """A tenant's settings besides its slug, name and tier (left out: the field's default)."""
+
+    status: str
+    weekly_token_cap_override: int | None
+    weekly_cost_cap_usd_override: Decimal | None
+    requests_per_minute_override: int | None
+    max_concurrent_requests_override: int | None
+
+
+class TenantChanges(TenantFields, total=False):
+    slug: str
+    name: str
+    tier: Tier
+
+
+def _saved(obj: models.Model, update_fields: list[str] | None = None) -> None:
+    """Validate and save ``obj``, and announce that tenant contexts changed."""
+    obj.full_clean()
+    obj.save(update_fields=update_fields)
+    announce_config_change()
+
+
+def _changed(obj: models.Model, changes: dict[str, Any]) -> bool:
+    """Apply ``changes`` to ``obj`` and save only those fields; False when there were none."""
+    if not changes:
+        return False
+    for name, value in changes.items():
+        setattr(obj, name, value)
+    _saved(obj, update_fields=[*changes, "updated_at"])
+    return True
+
+
+def _by(user: User | None) -> str:
+    return f" by {user.get_username()}" if user is not None else ""
+
+
+def tier_create(*, slug: str, name: str, **fields: Unpack[TierFields]) -> Tier:
+    tier = Tier(slug=slug, name=name, **fields)
+    _saved(tier)
     return tier
 
 
-def tenant_create(*, slug: str, name: str, tier: Tier, **overrides: Any) -> Tenant:
-    tenant = Tenant(slug=slug, name=name, tier=tier, **overrides)
-    tenant.full_clean()
-    tenant.save()
+def tier_update(*, tier: Tier, **changes: Unpack[TierChanges]) -> Tier:
+    """Set the given fields (and only those); nothing given, nothing written."""
+    _changed(tier, dict(changes))
+    return tier
+
+
+def tier_delete(*, tier: Tier) -> None:
+    """Delete a tier and its routes (refused while tenants are on it: ProtectedError)."""
+    tier.delete()
+    announce_config_change()
+
+
+def tenant_create(*, slug: str, name: str, tier: Tier, **fields: Unpack[TenantFields]) -> Tenant:
+    tenant = Tenant(slug=slug, name=name, tier=tier, **fields)
+    _saved(tenant)
     return tenant
 
 
-def tenant_suspend(*, tenant: Tenant) -> Tenant:
-    tenant.status = Tenant.Status.SUSPENDED
-    tenant.save(update_fields=["status", "updated_at"])
+def tenant_update(*, tenant: Tenant, **changes: Unpack[TenantChanges]) -> Tenant:
+    """Set the given fields (and only those), a move to another tier included."""
+    _changed(tenant, dict(changes))
     return tenant
 
 
-def tenant_activate(*, tenant: Tenant) -> Tenant:
-    tenant.status = Tenant.Status.ACTIVE
-    tenant.save(update_fields=["status", "updated_at"])
+def tenant_delete(*, tenant: Tenant) -> None:
+    tenant.delete()
+    announce_config_change()
+
+
+def tenant_suspend(*, tenant: Tenant, by: User | None = None) -> Tenant:
+    """Every request of the tenant is refused (403 tenant_suspended) until it is activated."""
+    _changed(tenant, {"status": Tenant.Status.SUSPENDED})
+    logger.info("tenant %s suspended%s", tenant.slug, _by(by))
+    return tenant
+
+
+def tenant_activate(*, tenant: Tenant, by: User | None = None) -> Tenant:
+    _changed(tenant, {"status": Tenant.Status.ACTIVE})
+    logger.info("tenant %s activated%s", tenant.slug, _by(by))
     return tenant
 
 
 @transaction.atomic
-def tenant_revoke_tokens(*, tenant: Tenant) -> Tenant:
+def tenant_revoke_tokens(*, tenant: Tenant, by: User | None = None) -> Tenant:
     """Bump token_version: every token issued before stops working."""
-    Tenant.objects.filter(pk=tenant.pk).update(token_version=F("token_version") + 1)
-    tenant.refresh_from_db(fields=["token_version"])
-    tenant.save(update_fields=["updated_at"])  # fires post_save: drops cached contexts
+    # In the database, not from this instance: two revocations at once both count.
+    Tenant.objects.filter(pk=tenant.pk).update(
+        token_version=F("token_version") + 1, updated_at=timezone.now()
+    )
+    tenant.refresh_from_db(fields=["token_version", "updated_at"])
+    announce_config_change()  # update() sends no model signal: the service says so itself
+    logger.info("tenant %s: all tokens revoked%s", tenant.slug, _by(by))
     return tenant
 
 

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connection, connections
 from django.test import TransactionTestCase
 
+from core.devsecrets import ensure_dev_secrets
 from proxy_site.jwtkeys import generate_signing_jwk, public_jwk
 from routing.models import Provider, ProviderKey
 from routing.services import provider_create, provider_key_create, route_create
@@ -40,6 +41,17 @@ from usage.models import UsageRecord
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+# Secrets: every process the suite starts (Daphne, manage.py) must hold this process's, since
+# provider keys encrypted here are decrypted there. pytest-django loaded settings before this
+# file, so their values go down through the environment. The file is made as `make run` makes
+# it (which also makes var/, where the SQLite test database goes).
+ensure_dev_secrets()
+os.environ.update(
+    SECRET_KEY=settings.SECRET_KEY,
+    PROXY_ENCRYPTION_KEYS=",".join(settings.PROXY_ENCRYPTION_KEYS),
+    JWT_SIGNING_JWK=settings.JWT_SIGNING_JWK,
+)
 
 # How soon a change made by a test reaches the live server's cached tenant contexts: through
 # the generation value in the shared Redis (PROXY_CONTEXT_POLL) when there is one, with a
@@ -326,8 +338,11 @@ def _flush_with_retry(original: Callable[..., None]) -> Callable[..., None]:
 
 # The live server is another process writing to the test database; a flush that meets one
 # of its writes can deadlock on PostgreSQL. Retrying is enough: the server is idle by then.
-TransactionTestCase._fixture_teardown = _flush_with_retry(  # type: ignore[method-assign]
-    TransactionTestCase._fixture_teardown
+# Django's own hook, private and untyped, hence the getattr/setattr.
+setattr(  # noqa: B010
+    TransactionTestCase,
+    "_fixture_teardown",
+    _flush_with_retry(getattr(TransactionTestCase, "_fixture_teardown")),  # noqa: B009
 )
 
 
@@ -376,14 +391,21 @@ def world(proxy: LiveProxy, mock: MockServer, jwt_keys: JwtKeys) -> World:
     anthropic_key = provider_key_create(
         provider=anthropic, label="pool-1", secret=secrets["anthropic"]
     )
-    prices = {"input_usd_per_mtok": Decimal("0.60"), "output_usd_per_mtok": Decimal("2.50")}
-    route_create(tier=auto, model="auto", provider=moonshot, upstream_model="kimi-k2", **prices)
+    route_create(
+        tier=auto,
+        model="auto",
+        provider=moonshot,
+        upstream_model="kimi-k2",
+        input_usd_per_mtok=Decimal("0.60"),
+        output_usd_per_mtok=Decimal("2.50"),
+    )
     route_create(
         tier=auto,
         model="claude-haiku",
         provider=anthropic,
         upstream_model="claude-3-5-haiku",
-        **prices,
+        input_usd_per_mtok=Decimal("0.60"),
+        output_usd_per_mtok=Decimal("2.50"),
     )
     route_create(
         tier=max_tier,

@@ -13,6 +13,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tenants.models import Tenant
@@ -50,7 +51,9 @@ def bad_tokens(world: World) -> dict[str, dict[str, str]]:
     good = claims_for(alice)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
-    primary_public = jwt.PyJWK(keys.primary, algorithm="EdDSA").key.public_key()  # type: ignore[union-attr]
+    primary_private = jwt.PyJWK(keys.primary, algorithm="EdDSA").key
+    assert isinstance(primary_private, Ed25519PrivateKey)
+    primary_public = primary_private.public_key()
     public_pem = primary_public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_raw = primary_public.public_bytes(Encoding.Raw, PublicFormat.Raw)
     now = int(time.time())

@@ -17,7 +17,7 @@ from django.conf import settings
 
 from routing.services import route_create
 from tenants.models import Tenant
-from tenants.services import tenant_create, tier_create
+from tenants.services import tenant_create, tier_create, tier_update
 from tests.conftest import (
     JwtKeys,
     LiveProxy,
@@ -261,8 +261,7 @@ def test_it_rebuilds_flushed_counters_before_the_next_admission(
     assert counter(tenant) == (used, 0)
     counters.sync_client().flushdb()  # FLUSHALL for this database: others on the server keep theirs
     # A cap with less room left than one more reservation (prompt estimate + 8 tokens).
-    tenant.tier.weekly_token_cap = used + 10
-    tenant.tier.save()
+    tier_update(tier=tenant.tier, weekly_token_cap=used + 10)
     time.sleep(settings.PROXY_CONTEXT_POLL + 0.5)  # the change reaches the server's cache
     response = httpx.post(f"{proxy.url}/v1/chat/completions", json=body, headers=headers)
     assert response.status_code == 429, response.text

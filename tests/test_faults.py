@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import openai
@@ -24,7 +24,12 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from routing.models import Provider, ProviderKey
-from routing.services import provider_create, provider_key_create, route_create
+from routing.services import (
+    ProviderFields,
+    provider_create,
+    provider_key_create,
+    route_create,
+)
 from tenants.models import Tenant
 from tenants.services import tenant_create, tier_create
 from tests.conftest import (
@@ -60,7 +65,7 @@ def make_pool(
     *,
     primary_url: str | None = None,
     fallback: bool = True,
-    **timeouts: float,
+    **timeouts: Unpack[ProviderFields],
 ) -> Pool:
     tier = tier_create(
         slug=unique("faults"), name="F", requests_per_minute=100_000, max_concurrent_requests=1000
@@ -78,9 +83,13 @@ def make_pool(
     key_a = provider_key_create(provider=primary, label="a", secret=secrets["a"])
     key_b = provider_key_create(provider=primary, label="b", secret=secrets["b"])
     provider_key_create(provider=second, label="f", secret=secrets["fallback"])
-    prices = {"input_usd_per_mtok": Decimal("1"), "output_usd_per_mtok": Decimal("1")}
     route_create(
-        tier=tier, model="auto", provider=primary, upstream_model="primary-model", **prices
+        tier=tier,
+        model="auto",
+        provider=primary,
+        upstream_model="primary-model",
+        input_usd_per_mtok=Decimal("1"),
+        output_usd_per_mtok=Decimal("1"),
     )
     if fallback:
         route_create(
@@ -89,7 +98,8 @@ def make_pool(
             provider=second,
             upstream_model="fallback-model",
             priority=1,
-            **prices,
+            input_usd_per_mtok=Decimal("1"),
+            output_usd_per_mtok=Decimal("1"),
         )
     tenant = tenant_create(slug=unique("faulty"), name="F", tier=tier)
     return Pool(tenant, primary, second, key_a, key_b, secrets)
@@ -381,25 +391,42 @@ def test_it_closes_the_upstream_and_leaks_nothing_when_clients_leave(
 def test_it_cuts_off_a_client_that_reads_too_slowly(
     proxy: LiveProxy, world: World, mock: MockServer, jwt_keys: Any, tmp_path: Any
 ) -> None:
+    """A client that stops reading is cut off once more than PROXY_STREAM_BUFFER_BYTES
+    have waited for it for PROXY_SLOW_CLIENT_TIMEOUT, and billed for what was produced.
+
+    Deterministic, not a race against a sleep: the pieces are large (256 KB), so the
+    kernel's socket buffers (a few MB on loopback) fill within a second and the proxy's own
+    buffer then stays full; and the client reads nothing until the proxy has settled the
+    request. Without the guard the proxy buffers the whole answer (26 MB) for it and
+    settles the request as completed, which fails this test."""
     strict = start_proxy(
         tmp_dir=tmp_path,
         jwt_keys=jwt_keys,
         extra_env={"PROXY_STREAM_BUFFER_BYTES": "4096", "PROXY_SLOW_CLIENT_TIMEOUT": "1"},
     )
+    pieces, piece = 100, "x" * 2**18
     try:
         pool = make_pool(world, mock, fallback=False)
-        mock.configure(chunks=60_000)  # about 14 MB of stream
+        # A delay, however short, is what makes the mock yield between pieces (and so
+        # stream them rather than write the whole answer before the first is sent).
+        mock.configure(chunks=pieces, text=[piece], chunk_delay=0.04)
         body = json.dumps(
             {
                 "model": "auto",
                 "messages": [{"role": "user", "content": "hi"}],
                 "stream": True,
-                "max_tokens": 60_000,
+                "max_tokens": pieces,
             }
         ).encode()
         port = int(strict.url.rsplit(":", 1)[1])
+
+        def settled() -> UsageRecord:
+            rows = list(UsageRecord.objects.filter(tenant=pool.tenant))
+            assert len(rows) == 1, "not settled: neither cut off nor served to the end"
+            return rows[0]
+
         with socket.socket() as client:
-            # A client that reads nothing for a while, with a small window of its own.
+            # A client that reads nothing, with a small window of its own.
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             client.connect(("127.0.0.1", port))
             client.sendall(
@@ -409,22 +436,26 @@ def test_it_cuts_off_a_client_that_reads_too_slowly(
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            # Long enough to fill the kernel's socket buffers (a few MB) and then outlast
-            # the proxy's patience with a full stream buffer.
-            time.sleep(8)
-            received = b""
-            client.settimeout(10)
+            # Not one byte read until the proxy is done with the request, whichever way.
+            row = eventually(settled, timeout=30)
+            received = bytearray()
+            client.settimeout(2)
             try:
                 while chunk := client.recv(65536):
                     received += chunk
             except ConnectionResetError:
                 pass  # cut off: the proxy aborted the connection
-        assert b"HTTP/1.1 200" in received
-        assert b"data: [DONE]" not in received  # cut off, not served to the end
-        assert len(received) < 14_000_000
-        row = one_row(pool.tenant)
+            except TimeoutError:
+                pass  # the connection is still open (served to the end): asserted below
+        # (Sizes and flags, not the bytes: a failure here must not print megabytes.)
+        status_line, size = received.split(b"\r\n", 1)[0], len(received)
+        served_to_the_end = b"data: [DONE]" in received
+        assert status_line == b"HTTP/1.1 200 OK"
         assert row.status == "client_disconnected"
-        assert 0 < row.output_tokens < 60_000
+        assert 0 < row.output_tokens < pieces  # billed for what was produced, not all of it
+        assert not served_to_the_end
+        assert size < pieces * len(piece) // 10
+        assert "client too slow to read its stream" in strict.log()
     finally:
         stop_proxy(strict)
 

@@ -18,12 +18,13 @@ import redis
 from asgiref.sync import sync_to_async
 from django.test import override_settings
 
-from routing.context import TenantContext, _load
-from routing.errors import ProxyError
+from core.errors import ProxyError
+from routing.context import TenantContext, load_context
 from routing.services import provider_create, provider_key_create, route_create
 from tenants.models import Tenant
 from tenants.services import tenant_create, tier_create
 from usage import counters, limits
+from usage.bill import NANOS, Bill, Price, Tokens
 from usage.ledger import drain_all, reconcile
 from usage.models import UsageRecord
 from usage.weeks import week_of
@@ -60,7 +61,7 @@ def make_tenant(**tier_fields: Any) -> Tenant:
 
 
 async def context_of(tenant: Tenant) -> TenantContext:
-    context = await sync_to_async(_load)(tenant.slug)
+    context = await sync_to_async(load_context)(tenant.slug)
     assert context is not None
     return context
 
@@ -68,34 +69,40 @@ async def context_of(tenant: Tenant) -> TenantContext:
 async def admit(
     context: TenantContext, rid: str, *, tokens: int = 40, nanos: int = 0, now: datetime = NOON
 ) -> limits.Admission:
-    return await limits.aadmit(context=context, request_id=rid, tokens=tokens, nanos=nanos, now=now)
+    return await limits.aadmit(account=context, request_id=rid, tokens=tokens, nanos=nanos, now=now)
 
 
 async def settle(
     context: TenantContext, admission: limits.Admission, tokens: int, nanos: int = 0
 ) -> None:
-    record = {
-        "request_id": admission.request_id,
-        "tenant_id": context.tenant_id,
-        "tier_id": context.tier_id,
-        "route_id": context.routes["auto"][0].id,
-        "provider_key_id": context.routes["auto"][0].provider.keys[0].id,
-        "model": "auto",
-        "provider_slug": "p",
-        "upstream_model": "m",
-        "stream": False,
-        "input_tokens": tokens // 2,
-        "output_tokens": tokens - tokens // 2,
-        "usage_reported": True,
-        "cost_nanos": nanos,
-        "status": "ok",
-        "http_status": 200,
-        "attempts": 1,
-        "latency_ms": 5,
-        "created_at": NOON.isoformat(),
-        "week": admission.week.id,
-    }
-    await limits.asettle(admission, record)
+    route = context.routes["auto"][0]
+    bill = Bill(
+        request_id=admission.request_id,
+        tenant_id=context.tenant_id,
+        tier_id=context.tier_id,
+        route_id=route.id,
+        provider_key_id=route.provider.keys[0].id,
+        model="auto",
+        provider_slug="p",
+        upstream_model="m",
+        stream=False,
+        tokens=Tokens(input=tokens // 2, output=tokens - tokens // 2, reported=True),
+        # Priced so that the bill costs exactly `nanos`: the input side carries it all.
+        price=Price(nanos_per_mtok(nanos, tokens // 2), Decimal(0)),
+        status="ok",
+        http_status=200,
+        attempts=1,
+        latency_ms=5,
+        created_at=NOON,
+        week=admission.week.id,
+    )
+    await limits.asettle(admission, bill)
+
+
+def nanos_per_mtok(nanos: int, tokens: int) -> Decimal:
+    if nanos == 0:
+        return Decimal(0)
+    return Decimal(nanos) / NANOS / tokens * 1_000_000
 
 
 def used(tenant_id: int, now: datetime = NOON) -> tuple[int, int]:
@@ -284,7 +291,7 @@ async def test_it_reserves_once_when_admission_is_sent_twice() -> None:
 
 
 def test_it_reserves_every_answer_of_a_request_for_several() -> None:
-    route = type("R", (), {"cost": staticmethod(lambda *, input_tokens, output_tokens: Decimal(0))})
-    one, _ = limits.estimate(routes=(route,), body_bytes=300, max_tokens=100)  # type: ignore[arg-type]
-    many, _ = limits.estimate(routes=(route,), body_bytes=300, max_tokens=100, completions=16)  # type: ignore[arg-type]
+    free = [Price(Decimal(0), Decimal(0))]
+    one, _ = limits.estimate(prices=free, body_bytes=300, max_tokens=100)
+    many, _ = limits.estimate(prices=free, body_bytes=300, max_tokens=100, completions=16)
     assert many - one == 15 * 100

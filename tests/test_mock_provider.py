@@ -6,26 +6,37 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
+from anthropic.types import (
+    MessageParam,
+    RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStreamEvent,
+    TextBlock,
+    TextDelta,
+)
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tests.support.mockserver import MockServer
 
 KEY = "sk-test-0123456789"
 FULL_TEXT = "Hello from the mock provider. Every piece"  # the default 8 pieces
-# (3 + 2 words) + (3 + 4 words), see the prompt-token formula in routing/mockprovider.py
-OPENAI_MESSAGES = [
+# (3 + 2 words) + (3 + 4 words), see the prompt-token formula in devtools/mockprovider.py
+OPENAI_MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Say hello to me"},
 ]
 OPENAI_PROMPT_TOKENS = 12
 ANTHROPIC_SYSTEM = "Be brief."
-ANTHROPIC_MESSAGES = [{"role": "user", "content": "Say hello to me"}]
+ANTHROPIC_MESSAGES: list[MessageParam] = [{"role": "user", "content": "Say hello to me"}]
 ANTHROPIC_PROMPT_TOKENS = 12
 
 
@@ -69,6 +80,20 @@ def _data_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if line.startswith("data: ") and line != "data: [DONE]":
             yield json.loads(line.removeprefix("data: "))
+
+
+def _text(content: Sequence[object]) -> str:
+    """The text of the first content block, which must be a text block."""
+    block = content[0]
+    assert isinstance(block, TextBlock), block
+    return block.text
+
+
+def _delta_text(event: RawMessageStreamEvent) -> str:
+    """The text a content_block_delta event carries."""
+    assert isinstance(event, RawContentBlockDeltaEvent), event
+    assert isinstance(event.delta, TextDelta), event.delta
+    return event.delta.text
 
 
 def _wait_finished(mock: MockServer, timeout: float = 5.0) -> dict[str, Any]:
@@ -123,7 +148,10 @@ def test_it_answers_openai_chat_completions(oai: openai.OpenAI, mock: MockServer
 @pytest.mark.parametrize("limit", ["max_tokens", "max_completion_tokens"])
 def test_it_truncates_openai_replies_at_the_token_limit(oai: openai.OpenAI, limit: str) -> None:
     completion = oai.chat.completions.create(
-        model="gpt-mock", messages=OPENAI_MESSAGES, **{limit: 3}
+        model="gpt-mock",
+        messages=OPENAI_MESSAGES,
+        max_tokens=3 if limit == "max_tokens" else openai.omit,
+        max_completion_tokens=3 if limit == "max_completion_tokens" else openai.omit,
     )
 
     assert completion.choices[0].message.content == "Hello from the"
@@ -133,7 +161,7 @@ def test_it_truncates_openai_replies_at_the_token_limit(oai: openai.OpenAI, limi
 
 
 def test_it_streams_openai_chunks(oai: openai.OpenAI) -> None:
-    chunks = list(oai.chat.completions.create(**_openai_stream_body()))
+    chunks: list[ChatCompletionChunk] = list(oai.chat.completions.create(**_openai_stream_body()))
 
     assert len(chunks) == 1 + 8 + 1
     assert len({chunk.id for chunk in chunks}) == 1
@@ -147,7 +175,7 @@ def test_it_streams_openai_chunks(oai: openai.OpenAI) -> None:
 
 
 def test_it_streams_openai_usage_when_asked(oai: openai.OpenAI, raw: httpx.Client) -> None:
-    chunks = list(
+    chunks: list[ChatCompletionChunk] = list(
         oai.chat.completions.create(
             **_openai_stream_body(max_tokens=5, stream_options={"include_usage": True})
         )
@@ -310,7 +338,7 @@ def test_it_answers_anthropic_messages(claude: anthropic.Anthropic, mock: MockSe
     assert message.role == "assistant"
     assert message.model == "claude-mock"
     assert [block.type for block in message.content] == ["text"]
-    assert message.content[0].text == FULL_TEXT
+    assert _text(message.content) == FULL_TEXT
     assert message.stop_reason == "end_turn"
     assert message.stop_sequence is None
     assert message.usage.input_tokens == ANTHROPIC_PROMPT_TOKENS
@@ -328,7 +356,7 @@ def test_it_answers_anthropic_messages(claude: anthropic.Anthropic, mock: MockSe
 def test_it_truncates_anthropic_replies_at_max_tokens(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(model="claude-mock", max_tokens=2, messages=ANTHROPIC_MESSAGES)
 
-    assert message.content[0].text == "Hello from"
+    assert _text(message.content) == "Hello from"
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 2
 
@@ -341,7 +369,7 @@ def test_it_streams_anthropic_messages_to_the_sdk_helper(claude: anthropic.Anthr
         final = stream.get_final_message()
 
     assert text == FULL_TEXT
-    assert final.content[0].text == FULL_TEXT
+    assert _text(final.content) == FULL_TEXT
     assert final.stop_reason == "end_turn"
     assert final.usage.input_tokens == ANTHROPIC_PROMPT_TOKENS
     assert final.usage.output_tokens == 8
@@ -363,11 +391,14 @@ def test_it_streams_anthropic_events_in_order(claude: anthropic.Anthropic) -> No
         "message_stop",
     ]
     start, block, *deltas, _block_stop, delta, _message_stop = events
+    assert isinstance(start, RawMessageStartEvent)
+    assert isinstance(block, RawContentBlockStartEvent)
+    assert isinstance(delta, RawMessageDeltaEvent)
     assert start.message.usage.input_tokens == 3 + 4  # no system prompt here
     assert start.message.usage.output_tokens == 1
     assert start.message.stop_reason is None
     assert block.content_block.type == "text"
-    assert "".join(d.delta.text for d in deltas) == "Hello from the"
+    assert "".join(_delta_text(d) for d in deltas) == "Hello from the"
     assert delta.delta.stop_reason == "max_tokens"
     assert delta.usage.output_tokens == 3
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from routing.singleflight import SingleFlight
+from core.singleflight import SingleFlight
 
 pytestmark = pytest.mark.core
 

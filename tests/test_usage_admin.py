@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -25,12 +25,14 @@ from django.db.models import Sum
 from django.test import Client, override_settings
 from django.utils import timezone
 
+import core.redis
 from routing.models import ModelRoute, ProviderKey
 from routing.services import provider_create, provider_key_create, route_create
 from tenants.models import Tenant
 from tenants.services import tenant_create, tier_create
 from usage import counters
-from usage.ledger import NANOS, record_to_json, seed_week
+from usage.bill import NANOS
+from usage.ledger import record_to_json, seed_week
 from usage.models import UsageRecord, WeekReset
 from usage.weeks import Week, iso_week, week_of
 
@@ -40,8 +42,11 @@ CHANGELIST = "/admin/tenants/tenant/"
 
 
 @pytest.fixture(autouse=True)
-def empty_store() -> Iterator[None]:
+def empty_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     counters.sync_client().flushdb()
+    # The commands refuse the embedded store, which no server process shares; here the test
+    # process itself is the one that serves and reads it, so they may run on it.
+    monkeypatch.setattr(core.redis, "embedded", lambda: False)
     # Nothing drains the ledger behind the tests' backs: they run the commands themselves.
     with override_settings(PROXY_LEDGER_WORKER=False):
         yield
@@ -161,7 +166,7 @@ def live(tenant: Tenant, week: Week | None = None) -> dict[str, int]:
     raw = counters.sync_client().hgetall(
         counters.keys_for(tenant.pk, (week or this_week()).id).week
     )
-    return {key.decode(): int(value) for key, value in raw.items()}
+    return {key.decode(): int(value) for key, value in cast(dict[bytes, bytes], raw).items()}
 
 
 def ledger_sum(tenant: Tenant, week: Week | None = None) -> tuple[int, Decimal]:
@@ -498,7 +503,9 @@ def test_it_sets_aside_usage_of_a_deleted_tenant_without_blocking_the_others() -
     assert not UsageRecord.objects.filter(request_id=lost["request_id"]).exists()
     client = counters.sync_client()
     assert client.xlen(gone_keys.ledger) == 0
-    [(_, fields)] = client.xrange(gone_keys.dead_letter)
+    [(_, fields)] = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], client.xrange(gone_keys.dead_letter)
+    )
     assert json.loads(fields[b"r"])["request_id"] == lost["request_id"]
 
 

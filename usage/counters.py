@@ -1,4 +1,4 @@
-"""The one owner of Redis state: every key name and every Lua script lives here.
+"""The one owner of usage state in Redis: every key name and Lua script of caps and the ledger.
 
 Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot)::
 
@@ -13,8 +13,6 @@ Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot
     lp:{t:7}:ledger:dead   stream entries that could not be stored (their tenant was deleted)
     lp:{t:7}:lock          string held while the ledger moves to the database or the week is
                                   rebuilt from it, so the two never count an entry twice
-    lp:config:generation   string set anew when tenants, tiers or routes change
-    lp:keyhealth           hash   pooled key id -> "cool:<until ms>" or "off", for every process
 
 Lua pitfalls minded here: "-0" is not an integer to HINCRBY (so amounts are subtracted as
 ``0 - x``), and Lua prints large numbers in exponent form (so amounts are stored as the
@@ -23,28 +21,21 @@ argument strings the app sent, never re-formatted).
 Money is counted in nano-dollars (integers, exact in Lua's doubles up to $9M a tenant-week);
 the ledger stores the same amount, so ledger and counter agree to the last digit.
 
-The async hot path uses redis.asyncio (one client per event loop); admin pages and commands
-use the sync client (django-redis's connection when REDIS_URL is set). Without REDIS_URL both
-talk to one in-process fakeredis server that runs the same Lua scripts.
+Connections come from core/redis.py. The other Redis keys have their own owners: key
+health is routing/health.py's, the configuration generation routing/generation.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-import weakref
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 
-CONFIG_GENERATION_KEY = "lp:config:generation"
-KEY_HEALTH_KEY = "lp:keyhealth"
+from core import redis as core_redis
+from core.redis import ScriptRegistry
 
 
 def tenant_prefix(tenant_id: int) -> str:
@@ -254,114 +245,9 @@ return 0
 
 # --- clients -------------------------------------------------------------------------------
 
-
-@cache
-def _fake_server() -> Any:
-    import fakeredis
-
-    return fakeredis.FakeServer()
-
-
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def async_client() -> aredis.Redis:
-    """The event loop's Redis client (redis.asyncio, or the embedded fakeredis)."""
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        if settings.REDIS_URL:
-            client = aredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                max_connections=settings.REDIS_MAX_CONNECTIONS,
-                health_check_interval=30,
-                # One immediate retry: a pooled connection that died with a Redis restart is
-                # replaced at once, and a Redis that is really down still fails well within
-                # a second (two short timeouts at most), never after exponential backoff.
-                retry=AsyncRetry(NoBackoff(), 1),
-            )
-        else:
-            import fakeredis
-
-            client = fakeredis.FakeAsyncRedis(server=_fake_server())
-        _async_clients[loop] = client
-    return client
-
-
-def sync_client() -> redis.Redis:
-    """Redis for sync code (admin, commands): django-redis's connection, or the embedded one."""
-    if settings.REDIS_URL:
-        from django_redis import get_redis_connection
-
-        connection: redis.Redis = get_redis_connection("default")
-        return connection
-    import fakeredis
-
-    fake: redis.Redis = fakeredis.FakeRedis(server=_fake_server())
-    return fake
-
-
-def bump_config_generation() -> None:
-    """Tell every proxy process that tenants, tiers or routes changed (best effort)."""
-    try:
-        # A fresh random value, not INCR: a counter restarted by a flush could repeat a
-        # value a process has already seen, and the change would go unnoticed.
-        sync_client().set(CONFIG_GENERATION_KEY, uuid.uuid4().hex)
-    except redis.RedisError:
-        pass  # the context TTL still bounds how long a process serves the old view
-
-
-async def aconfig_generation() -> bytes | None:
-    """The current generation; b"" when none was ever set (or Redis lost it), None when Redis
-    cannot be asked."""
-    try:
-        value = await async_client().get(CONFIG_GENERATION_KEY)
-    except (redis.RedisError, OSError):
-        return None
-    return value if isinstance(value, bytes) else b""
-
-
-async def akey_health() -> dict[int, str]:
-    """Every process's shared view of resting and refused pooled keys ({} if unreachable)."""
-    try:
-        raw = await async_client().hgetall(KEY_HEALTH_KEY)
-    except (redis.RedisError, OSError):
-        return {}
-    return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
-
-
-async def akey_cool(key_id: int, until_ms: int) -> None:
-    try:
-        await async_client().hset(KEY_HEALTH_KEY, str(key_id), f"cool:{until_ms}")
-    except (redis.RedisError, OSError):
-        pass  # this process still rests the key; the others learn of it by their own 429
-
-
-async def akey_off(key_id: int) -> None:
-    try:
-        await async_client().hset(KEY_HEALTH_KEY, str(key_id), "off")
-    except (redis.RedisError, OSError):
-        pass  # the database flag (written next) still reaches every process
-
-
-def key_health_clear(key_id: int) -> None:
-    """Staff re-enabled or replaced a key: forget what the proxy concluded about it."""
-    try:
-        sync_client().hdel(KEY_HEALTH_KEY, str(key_id))
-    except redis.RedisError:
-        pass
-
-
-def key_health_get() -> dict[int, str]:
-    try:
-        raw = sync_client().hgetall(KEY_HEALTH_KEY)
-    except redis.RedisError:
-        return {}
-    return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+# The connections are core's; callers that also need one take it from here.
+async_client = core_redis.async_client
+sync_client = core_redis.sync_client
 
 
 def settle_call(
@@ -398,25 +284,22 @@ def settle_call(
     }
 
 
+_SCRIPTS = ScriptRegistry({"admit": ADMIT, "settle": SETTLE, "seed": SEED, "unlock": UNLOCK})
+
+
 class Scripts:
-    """The Lua scripts, registered once per client and run with EVALSHA."""
+    """The usage scripts' handles on one client."""
 
-    def __init__(self, client: Any) -> None:
-        self.admit = client.register_script(ADMIT)
-        self.settle = client.register_script(SETTLE)
-        self.seed = client.register_script(SEED)
-        self.unlock = client.register_script(UNLOCK)
-
-
-_async_scripts: weakref.WeakKeyDictionary[aredis.Redis, Scripts] = weakref.WeakKeyDictionary()
+    def __init__(self, handles: dict[str, Any]) -> None:
+        self.admit = handles["admit"]
+        self.settle = handles["settle"]
+        self.seed = handles["seed"]
+        self.unlock = handles["unlock"]
 
 
 def async_scripts(client: aredis.Redis) -> Scripts:
-    scripts = _async_scripts.get(client)
-    if scripts is None:
-        scripts = _async_scripts[client] = Scripts(client)
-    return scripts
+    return Scripts(_SCRIPTS.on(client))
 
 
 def sync_scripts(client: redis.Redis) -> Scripts:
-    return Scripts(client)
+    return Scripts(_SCRIPTS.on_sync(client))

@@ -24,18 +24,17 @@ from decimal import Decimal
 from typing import Any
 
 import redis
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
-from routing.models import ModelRoute, ProviderKey
 from usage import counters
+from usage.bill import NANOS
 from usage.models import UsageRecord, WeekReset
 from usage.weeks import Week
 
 logger = logging.getLogger(__name__)
 
-NANOS = Decimal(1_000_000_000)
 _BATCH = 500
 _LOCK_MS = 30_000
 
@@ -117,6 +116,13 @@ def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
         moved += len(entries)
 
 
+def _existing(model: type[models.Model], field: str, ids: set[int | None]) -> set[int]:
+    """Which of ``ids`` still exist in the model ``field`` points at."""
+    related = model._meta.get_field(field).related_model
+    assert isinstance(related, type) and issubclass(related, models.Model)
+    return set(related._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
+
+
 def _insert_one_by_one(client: redis.Redis, tenant_id: int, rows: list[UsageRecord]) -> None:
     """A batch that broke a constraint: keep every row that can be kept.
 
@@ -124,14 +130,9 @@ def _insert_one_by_one(client: redis.Redis, tenant_id: int, rows: list[UsageReco
     that link (as deleting it later would). A row whose tenant or tier is gone cannot be
     stored: it goes to a dead-letter stream, loudly, instead of blocking the tenant's ledger.
     """
-    routes = set(
-        ModelRoute.objects.filter(pk__in={r.route_id for r in rows}).values_list("pk", flat=True)
-    )
-    keys = set(
-        ProviderKey.objects.filter(pk__in={r.provider_key_id for r in rows}).values_list(
-            "pk", flat=True
-        )
-    )
+    # The models the ledger's own foreign keys point at: usage does not import routing.
+    routes = _existing(UsageRecord, "route", {r.route_id for r in rows})
+    keys = _existing(UsageRecord, "provider_key", {r.provider_key_id for r in rows})
     for row in rows:
         if row.route_id not in routes:
             row.route_id = None

@@ -19,21 +19,22 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from routing.context import Route, TenantContext
-from routing.errors import ProxyError
-from routing.singleflight import SingleFlight
+from core.errors import ProxyError
+from core.singleflight import SingleFlight
+from tenants.limits import Account
 from usage import counters
+from usage.bill import NANOS, Bill, Price, to_nanos
 from usage.ledger import (
-    NANOS,
     LockBusy,
     drain_all,
     drain_tenant,
@@ -50,10 +51,6 @@ _WINDOW_MS = 60_000
 _UNREACHABLE = (redis.RedisError, OSError, LockBusy)
 
 
-def to_nanos(usd: Decimal, *, ceiling: bool = False) -> int:
-    return int((usd * NANOS).to_integral_value(ROUND_CEILING if ceiling else ROUND_HALF_UP))
-
-
 @dataclass
 class Admission:
     request_id: str
@@ -65,7 +62,7 @@ class Admission:
 
 
 def _headers(
-    context: TenantContext,
+    account: Account,
     week: Week,
     now: datetime,
     used: int | None,
@@ -73,7 +70,7 @@ def _headers(
     in_window: int,
 ) -> dict[str, str]:
     """The x-ratelimit-* headers; the token ones only when the week's usage is known."""
-    limits = context.limits
+    limits = account.limits
     headers = {}
     if limits.requests_per_minute:
         headers["x-ratelimit-limit-requests"] = str(limits.requests_per_minute)
@@ -87,17 +84,79 @@ def _headers(
     return headers
 
 
+def _usd(nanos: int, rounding: str) -> str:
+    """Dollars for a message: cents, or finer when cents would read $0.00."""
+    usd = Decimal(nanos) / NANOS
+    cents = usd.quantize(Decimal("0.01"), rounding=rounding)
+    if cents == 0 and nanos > 0:
+        return f"${usd.quantize(Decimal('0.000001'), rounding=rounding).normalize():f}"
+    return f"${cents}"
+
+
+def _quota_message(
+    kind: str, *, left: int, asked: int, max_tokens: int | None, completions: int
+) -> str:
+    """Why a request is over a weekly cap: used up, or more reserved than what is left.
+
+    ``left`` and ``asked`` are tokens (kind "tokens") or nano-dollars (kind "cost"): what
+    the week has left (cap - used - held by requests in flight) and what this request
+    reserves. ``max_tokens`` (with ``completions``, OpenAI's ``n``) is the completion
+    allowance inside ``asked``, when the caller says.
+    """
+    what = "token" if kind == "tokens" else "cost"
+    if left <= 0:
+        return f"This tenant has used its weekly {what} allowance; it renews when the week resets."
+    later = "or wait for the week to reset"
+    if kind == "cost":
+        return (
+            f"Only {_usd(left, ROUND_FLOOR)} remains of this tenant's weekly cost allowance, "
+            f"and this request may cost up to {_usd(asked, ROUND_CEILING)} (its prompt "
+            "estimate and completion allowance at the dearest route's prices): a smaller "
+            f"max_tokens or a shorter prompt may fit, {later}."
+        )
+    head = f"Only {left} tokens remain of this tenant's weekly allowance, and this request reserves"
+    if max_tokens is None:
+        return (
+            f"{head} {asked} (its prompt estimate plus its max_tokens allowance): a smaller "
+            f"max_tokens or a shorter prompt may fit, {later}."
+        )
+    prompt = asked - max_tokens * completions
+    each = f" for each of {completions} answers" if completions > 1 else ""
+    head = (
+        f"{head} {asked} (a prompt estimate of {prompt} plus a max_tokens allowance of "
+        f"{max_tokens}{each})"
+    )
+    fits = (left - prompt) // completions
+    if fits > 0:
+        return f"{head}: send max_tokens of at most {fits} to fit, {later}."
+    if prompt >= left:
+        return f"{head}: its prompt alone is larger than that; shorten it, {later}."
+    return f"{head}: ask for fewer answers (n), {later}."
+
+
+def _quota_refusal(
+    kind: str,
+    retry_after: int,
+    headers: dict[str, str],
+    *,
+    left: int,
+    asked: int,
+    max_tokens: int | None,
+    completions: int,
+) -> ProxyError:
+    return ProxyError(
+        429,
+        _quota_message(
+            kind, left=left, asked=asked, max_tokens=max_tokens, completions=completions
+        ),
+        code="insufficient_quota",
+        type="insufficient_quota",
+        headers={**headers, "Retry-After": str(max(1, retry_after))},
+    )
+
+
 def _refusal(kind: str, retry_after: int, headers: dict[str, str]) -> ProxyError:
     headers = {**headers, "Retry-After": str(max(1, retry_after))}
-    if kind in ("tokens", "cost"):
-        what = "token" if kind == "tokens" else "cost"
-        return ProxyError(
-            429,
-            f"This tenant has used its weekly {what} allowance; it renews when the week resets.",
-            code="insufficient_quota",
-            type="insufficient_quota",
-            headers=headers,
-        )
     what = "concurrent requests" if kind == "concurrency" else "requests per minute"
     return ProxyError(
         429,
@@ -109,7 +168,7 @@ def _refusal(kind: str, retry_after: int, headers: dict[str, str]) -> ProxyError
 
 
 def estimate(
-    *, routes: tuple[Route, ...], body_bytes: int, max_tokens: int, completions: int = 1
+    *, prices: Sequence[Price], body_bytes: int, max_tokens: int, completions: int = 1
 ) -> tuple[int, int]:
     """The worst case to reserve: (tokens, nano-dollars).
 
@@ -119,22 +178,29 @@ def estimate(
     """
     prompt = math.ceil(body_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
     output = max_tokens * completions
-    cost = max(route.cost(input_tokens=prompt, output_tokens=output) for route in routes)
+    cost = max(price.cost(input_tokens=prompt, output_tokens=output) for price in prices)
     return prompt + output, to_nanos(cost, ceiling=True)
 
 
 async def aadmit(
     *,
-    context: TenantContext,
+    account: Account,
     request_id: str,
     tokens: int,
     nanos: int,
     now: datetime,
+    max_tokens: int | None = None,
+    completions: int = 1,
 ) -> Admission:
-    """Admit and reserve, or raise ProxyError (429 over a limit, 503 store unreachable)."""
-    limits = context.limits
+    """Admit and reserve, or raise ProxyError (429 over a limit, 503 store unreachable).
+
+    ``tokens`` and ``nanos`` are the request's worst case (:func:`estimate`); given the
+    ``max_tokens`` and ``completions`` it was estimated with, a refusal over a weekly cap
+    names the largest max_tokens that would fit.
+    """
+    limits = account.limits
     week = week_of(now)
-    keys = counters.keys_for(context.tenant_id, week.id)
+    keys = counters.keys_for(account.tenant_id, week.id)
     cap_nanos = -1 if limits.weekly_cost_cap_usd is None else to_nanos(limits.weekly_cost_cap_usd)
     ttl_ms = settings.PROXY_RESERVATION_TTL * 1000
     args = [
@@ -160,22 +226,29 @@ async def aadmit(
             # One rebuild per tenant-week at a time in this process: a new week starts with
             # every counter unseeded, and a burst must not send them all to the database.
             await _seeds.run(
-                (context.tenant_id, week.id),
+                (account.tenant_id, week.id),
                 lambda: database_sync_to_async(_seed, thread_sensitive=False)(
-                    context.tenant_id, week
+                    account.tenant_id, week
                 ),
             )
             result = await scripts.admit(keys=script_keys, args=args)
     except _UNREACHABLE as exc:
-        if not context.limits.rate_limits_fail_open:
+        if not account.limits.rate_limits_fail_open:
             # The script may have run even though its answer never came (a timeout): undo
             # whatever it reserved once Redis answers again, or its TTL will.
-            _release_soon(context.tenant_id, week, request_id)
+            _release_soon(account.tenant_id, week, request_id)
         return await _admit_degraded(
-            context=context, request_id=request_id, tokens=tokens, nanos=nanos, now=now, exc=exc
+            account=account,
+            request_id=request_id,
+            tokens=tokens,
+            nanos=nanos,
+            now=now,
+            exc=exc,
+            max_tokens=max_tokens,
+            completions=completions,
         )
     except asyncio.CancelledError:
-        _release_soon(context.tenant_id, week, request_id)  # the client left mid-admission
+        _release_soon(account.tenant_id, week, request_id)  # the client left mid-admission
         raise
 
     outcome = result[0].decode()
@@ -183,17 +256,30 @@ async def aadmit(
         used, held, in_window = int(result[1]), int(result[2]), int(result[3])
         return Admission(
             request_id=request_id,
-            tenant_id=context.tenant_id,
+            tenant_id=account.tenant_id,
             week=week,
-            headers=_headers(context, week, now, used, held, in_window),
+            headers=_headers(account, week, now, used, held, in_window),
         )
     if outcome in ("tokens", "cost"):
-        # A cost refusal reports nanos, not tokens: the token headers are left out then.
-        known = int(result[1]) if outcome == "tokens" else None
-        held = int(result[2]) if outcome == "tokens" else 0
-        headers = _headers(context, week, now, known, held, int(result[3]))
-        raise _refusal(outcome, week.seconds_left(now), headers)
-    headers = _headers(context, week, now, None, 0, int(result[2]))
+        # The week's usage and what requests in flight hold: tokens, or nanos for cost (the
+        # token headers are left out then).
+        used, held = int(result[1]), int(result[2])
+        if outcome == "tokens":
+            headers = _headers(account, week, now, used, held, int(result[3]))
+            left = (limits.weekly_token_cap or 0) - used - held
+        else:
+            headers = _headers(account, week, now, None, 0, int(result[3]))
+            left = cap_nanos - used - held
+        raise _quota_refusal(
+            outcome,
+            week.seconds_left(now),
+            headers,
+            left=left,
+            asked=tokens if outcome == "tokens" else nanos,
+            max_tokens=max_tokens,
+            completions=completions,
+        )
+    headers = _headers(account, week, now, None, 0, int(result[2]))
     raise _refusal(outcome, math.ceil(int(result[1]) / 1000), headers)
 
 
@@ -240,14 +326,16 @@ _seeds: SingleFlight[tuple[int, str], None] = SingleFlight()
 
 async def _admit_degraded(
     *,
-    context: TenantContext,
+    account: Account,
     request_id: str,
     tokens: int,
     nanos: int,
     now: datetime,
     exc: BaseException,
+    max_tokens: int | None = None,
+    completions: int = 1,
 ) -> Admission:
-    limits = context.limits
+    limits = account.limits
     if not limits.rate_limits_fail_open:
         logger.error("counter store unreachable (%s): refusing %s", type(exc).__name__, request_id)
         raise ProxyError(
@@ -263,28 +351,41 @@ async def _admit_degraded(
         "rate limits; caps checked against the database ledger",
         type(exc).__name__,
         request_id,
-        context.slug,
+        account.slug,
     )
     week = week_of(now)
     used_tokens, used_nanos = await database_sync_to_async(week_usage)(
-        tenant_id=context.tenant_id, week=week, include_uncounted=True
+        tenant_id=account.tenant_id, week=week, include_uncounted=True
     )
     cap_tokens, cap_cost = limits.weekly_token_cap, limits.weekly_cost_cap_usd
+    over: tuple[str, int, int] | None = None  # (kind, left, asked)
     if cap_tokens is not None and used_tokens + tokens > cap_tokens:
-        raise _refusal("tokens", week.seconds_left(now), {})
-    if cap_cost is not None and used_nanos + nanos > to_nanos(cap_cost):
-        raise _refusal("cost", week.seconds_left(now), {})
-    return Admission(request_id=request_id, tenant_id=context.tenant_id, week=week, reserved=False)
+        over = ("tokens", cap_tokens - used_tokens, tokens)
+    elif cap_cost is not None and used_nanos + nanos > to_nanos(cap_cost):
+        over = ("cost", to_nanos(cap_cost) - used_nanos, nanos)
+    if over is not None:
+        kind, left, asked = over
+        raise _quota_refusal(
+            kind,
+            week.seconds_left(now),
+            {},
+            left=left,
+            asked=asked,
+            max_tokens=max_tokens,
+            completions=completions,
+        )
+    return Admission(request_id=request_id, tenant_id=account.tenant_id, week=week, reserved=False)
 
 
-async def asettle(admission: Admission, record: dict[str, Any]) -> None:
+async def asettle(admission: Admission, bill: Bill) -> None:
     """Release the reservation and bill the actual usage, once; never raises for Redis."""
+    record = bill.record()
     call = counters.settle_call(
         tenant_id=admission.tenant_id,
         week_id=admission.week.id,
         request_id=admission.request_id,
-        tokens=record["input_tokens"] + record["output_tokens"],
-        nanos=record["cost_nanos"],
+        tokens=bill.tokens.total,
+        nanos=bill.cost_nanos,
         record_json=record_to_json(record),
         now_ms=int(time.time() * 1000),
     )

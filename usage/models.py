@@ -3,7 +3,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from routing.models import ModelRoute, ProviderKey
 from tenants.models import Tenant, Tier
 
 
@@ -19,9 +18,11 @@ class UsageRecord(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="+")
-    route = models.ForeignKey(ModelRoute, on_delete=models.SET_NULL, null=True, related_name="+")
+    route = models.ForeignKey(
+        "routing.ModelRoute", on_delete=models.SET_NULL, null=True, related_name="+"
+    )
     provider_key = models.ForeignKey(
-        ProviderKey, on_delete=models.SET_NULL, null=True, related_name="usage_records"
+        "routing.ProviderKey", on_delete=models.SET_NULL, null=True, related_name="usage_records"
     )
     model = models.CharField(max_length=200, help_text="The public model name requested.")
     provider_slug = models.CharField(max_length=50)

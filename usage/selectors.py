@@ -12,7 +12,8 @@ from django.db.models.functions import Coalesce
 
 from tenants.models import Tenant
 from usage import counters
-from usage.ledger import NANOS, week_usage
+from usage.bill import NANOS
+from usage.ledger import week_usage
 from usage.models import UsageRecord
 from usage.weeks import Week
 

@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from tenants.models import Tenant
 from usage import counters
-from usage.ledger import NANOS, drain_tenant, seed_week, week_usage
+from usage.bill import NANOS
+from usage.ledger import drain_tenant, seed_week, week_usage
 from usage.models import WeekReset
 from usage.weeks import Week, week_of
 

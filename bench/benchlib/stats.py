@@ -83,7 +83,8 @@ def slope_per_1000(samples: Sequence[Sample], attr: str) -> float | None:
     if not sxx:
         return None
     sxy = sum((x - mx) * (y - my) for x, y in points)
-    return sxy / sxx * 1000
+    slope: float = sxy / sxx * 1000
+    return slope
 
 
 # --- the benchmark's figures ------------------------------------------------------------------

@@ -4,9 +4,17 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+import core.redis
 from tenants.models import Tenant
 from usage.services import counters_rebuild
 from usage.weeks import iso_week
+
+# The counters are only shared through Redis: without it they live inside each process.
+EMBEDDED_STORE = (
+    "REDIS_URL is not set: the counters live inside each proxy process (the embedded store), "
+    "so this command would act on a store no server shares. Set REDIS_URL to the Redis the "
+    "proxy uses."
+)
 
 
 class Command(BaseCommand):
@@ -17,6 +25,10 @@ class Command(BaseCommand):
         parser.add_argument("--week", help="An ISO week such as 2026-W48 (default: this week).")
 
     def handle(self, *args: Any, tenant: str | None, week: str | None, **options: Any) -> None:
+        # Looked up on its module: tests that call this in the very process holding the
+        # embedded store patch it.
+        if core.redis.embedded():
+            raise CommandError(EMBEDDED_STORE)
         try:
             target = iso_week(week) if week else None
         except ValueError as exc:

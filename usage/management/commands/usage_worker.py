@@ -5,10 +5,18 @@ import time
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+import core.redis
 from usage import counters
 from usage.ledger import drain_all, reconcile
+
+# The counters are only shared through Redis: without it they live inside each process.
+EMBEDDED_STORE = (
+    "REDIS_URL is not set: the counters live inside each proxy process (the embedded store), "
+    "so this command would act on a store no server shares. Set REDIS_URL to the Redis the "
+    "proxy uses."
+)
 
 
 class Command(BaseCommand):
@@ -23,6 +31,10 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="One pass, then exit.")
 
     def handle(self, *args: Any, interval: float, once: bool, **options: Any) -> None:
+        # Looked up on its module: tests that call this in the very process holding the
+        # embedded store patch it.
+        if core.redis.embedded():
+            raise CommandError(EMBEDDED_STORE)
         stopping = False
 
         def stop(signum: int, frame: FrameType | None) -> None:

@@ -1,4 +1,4 @@
-"""Validation of an incoming OpenAI chat-completions request.
+"""The OpenAI chat-completions wire format, as clients send it: parsing and validation.
 
 Only what the proxy itself relies on is checked strictly (model, messages, stream, the
 token limit that caps a reservation, the sampling numbers); other fields are passed on to
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from routing.errors import ProxyError
+from core.errors import ProxyError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_TOKENS_LIMIT = 10_000_000
@@ -63,6 +63,7 @@ class ChatRequest:
     include_usage: bool  # the client asked for the usage chunk
     max_tokens: int | None
     messages: list[dict[str, Any]]
+    completions: int = 1  # `n`
 
 
 def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
@@ -165,4 +166,5 @@ def parse_chat_request(
         include_usage=include_usage,
         max_tokens=max_tokens,
         messages=messages,
+        completions=n or 1,
     )

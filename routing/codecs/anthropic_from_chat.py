@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 
 from django.conf import settings
 
-from routing.adapters.base import SSE_DONE, Usage, dumps, sse_data
+from core.errors import ProxyError
+from routing.codecs.base import SSE_DONE, UpstreamRequest, Usage, dumps, sse_data
+from routing.codecs.openai_chat import ChatRequest
 from routing.context import Route
-from routing.errors import ProxyError
-from routing.schema import ChatRequest
 from routing.sse import SSEEvent
 
 FINISH_REASONS = {
@@ -159,10 +159,11 @@ class AnthropicStream:
         return b""  # ping, content_block_start/stop: nothing for an OpenAI client
 
 
-class AnthropicAdapter:
-    def build(
-        self, *, route: Route, chat: ChatRequest, max_tokens: int
-    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+class AnthropicFromChat:
+    """OpenAI chat in, Anthropic Messages out, and the answer translated back."""
+
+    def build(self, *, route: Route, call: ChatRequest, max_tokens: int) -> UpstreamRequest:
+        chat = call
         body = chat.body
         for name in _UNSUPPORTED:
             if body.get(name) is not None:
@@ -206,9 +207,9 @@ class AnthropicAdapter:
         if chat.stream:
             payload["stream"] = True
         headers = {"anthropic-version": settings.PROXY_ANTHROPIC_VERSION}
-        return f"{route.provider.base_url}/v1/messages", payload, headers
+        return UpstreamRequest(f"{route.provider.base_url}/v1/messages", payload, headers)
 
-    def completion(self, *, route: Route, raw: bytes) -> tuple[bytes, Usage]:
+    def completion(self, *, route: Route, call: ChatRequest, raw: bytes) -> tuple[bytes, Usage]:
         try:
             obj = json.loads(raw)
             raw_usage = obj.get("usage") or {}
@@ -248,5 +249,5 @@ class AnthropicAdapter:
         }
         return dumps(completion), usage
 
-    def stream(self, *, route: Route, chat: ChatRequest) -> AnthropicStream:
-        return AnthropicStream(model=route.upstream_model, include_usage=chat.include_usage)
+    def stream(self, *, route: Route, call: ChatRequest) -> AnthropicStream:
+        return AnthropicStream(model=route.upstream_model, include_usage=call.include_usage)

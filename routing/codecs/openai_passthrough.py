@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from routing.adapters.base import Usage
+from core.errors import ProxyError
+from routing.codecs.base import UpstreamRequest, Usage
+from routing.codecs.openai_chat import ChatRequest
 from routing.context import Route
-from routing.errors import ProxyError
-from routing.schema import ChatRequest
 from routing.sse import SSEEvent
 
 
@@ -74,10 +74,11 @@ class OpenAIStream:
         return event.raw
 
 
-class OpenAIAdapter:
-    def build(
-        self, *, route: Route, chat: ChatRequest, max_tokens: int
-    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+class OpenAIPassthrough:
+    """OpenAI chat in, OpenAI chat out: the body as sent, the answer byte for byte."""
+
+    def build(self, *, route: Route, call: ChatRequest, max_tokens: int) -> UpstreamRequest:
+        chat = call
         payload = dict(chat.body)
         payload["model"] = route.upstream_model
         if chat.max_tokens is None:
@@ -89,9 +90,9 @@ class OpenAIAdapter:
                 **(chat.body.get("stream_options") or {}),
                 "include_usage": True,
             }
-        return f"{route.provider.base_url}/chat/completions", payload, {}
+        return UpstreamRequest(f"{route.provider.base_url}/chat/completions", payload, {})
 
-    def completion(self, *, route: Route, raw: bytes) -> tuple[bytes, Usage]:
+    def completion(self, *, route: Route, call: ChatRequest, raw: bytes) -> tuple[bytes, Usage]:
         usage = Usage()
         try:
             obj = json.loads(raw)
@@ -104,5 +105,5 @@ class OpenAIAdapter:
             _read_usage(found, usage)
         return raw, usage
 
-    def stream(self, *, route: Route, chat: ChatRequest) -> OpenAIStream:
-        return OpenAIStream(include_usage=chat.include_usage)
+    def stream(self, *, route: Route, call: ChatRequest) -> OpenAIStream:
+        return OpenAIStream(include_usage=call.include_usage)

@@ -1,22 +1,62 @@
+"""The codec interface: how a client's wire format and a provider's meet.
+
+A request's journey (routing/pipeline.py) knows nothing of wire formats. It holds a
+:class:`ClientCodec` for the format the client speaks (today OpenAI chat completions; the
+Anthropic Messages and OpenAI Responses formats come next), which parses the request into a
+call and renders errors in the client's shape, and, per route, the :class:`ProviderCodec`
+the client codec names for that provider's kind: plain pass-through when both sides speak
+the same format, a translation otherwise. Adding a format adds codecs, not pipeline code.
+"""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from django.http import HttpResponse
+
+from core.errors import ProxyError
 from routing.context import Route
-from routing.errors import ProxyError
-from routing.schema import ChatRequest
 from routing.sse import SSEEvent
 
 
 @dataclass(slots=True)
 class Usage:
-    input_tokens: int = 0
+    """Token counts of one answer, by kind, as the provider reported them."""
+
+    input_tokens: int = 0  # every prompt token, cached ones included (what is billed)
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     # True once the provider itself reported the counts; False while they are the proxy's
     # own (a stream cut before the provider's usage arrived).
     reported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    payload: dict[str, Any]
+    headers: dict[str, str]
+
+
+class Call(Protocol):
+    """What the journey needs of a parsed client request, whatever its wire format."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def max_tokens(self) -> int | None: ...  # the client's completion limit, if it set one
+    @property
+    def completions(self) -> int: ...  # answers asked for (each up to max_tokens)
+
+
+CallT = TypeVar("CallT", bound=Call)
+CallT_contra = TypeVar("CallT_contra", bound=Call, contravariant=True)
 
 
 class StreamTranslator(Protocol):
@@ -29,21 +69,36 @@ class StreamTranslator(Protocol):
         ...
 
 
-class Adapter(Protocol):
-    def build(
-        self, *, route: Route, chat: ChatRequest, max_tokens: int
-    ) -> tuple[str, dict[str, Any], dict[str, str]]:
-        """(url, JSON payload, extra headers) for the provider.
+class ProviderCodec(Protocol[CallT_contra]):
+    """One client format towards one provider kind."""
 
-        ``max_tokens`` is the completion allowance when the client named none.
-        """
+    def build(self, *, route: Route, call: CallT_contra, max_tokens: int) -> UpstreamRequest:
+        """The provider's request. ``max_tokens`` is the allowance the reservation holds."""
         ...
 
-    def completion(self, *, route: Route, raw: bytes) -> tuple[bytes, Usage]:
-        """The client's chat.completion body and the usage, from a provider's 2xx body."""
+    def completion(self, *, route: Route, call: CallT_contra, raw: bytes) -> tuple[bytes, Usage]:
+        """The client's answer body and the usage, from a provider's 2xx body."""
         ...
 
-    def stream(self, *, route: Route, chat: ChatRequest) -> StreamTranslator: ...
+    def stream(self, *, route: Route, call: CallT_contra) -> StreamTranslator: ...
+
+
+class ClientCodec(Protocol[CallT]):
+    """One wire format a client speaks to the proxy."""
+
+    name: str  # e.g. "openai-chat": for logs and metrics
+
+    def parse(self, raw: bytes) -> CallT:
+        """The call in ``raw``, or ProxyError(400) saying what is wrong, in this format."""
+        ...
+
+    def provider_codec(self, kind: str) -> ProviderCodec[CallT]: ...
+
+    def error_response(self, error: ProxyError) -> HttpResponse: ...
+
+    def stream_error(self, error: ProxyError) -> bytes:
+        """The event that ends a stream that failed after it started."""
+        ...
 
 
 def upstream_error(*, status: int, message: str | None, retry_after: str | None) -> ProxyError:

@@ -1,4 +1,4 @@
-"""``manage.py mock_provider``: serve the fake LLM provider (routing.mockprovider) with Daphne."""
+"""``manage.py mock_provider``: serve the fake LLM provider (devtools.mockprovider) with Daphne."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 from daphne.server import Server
 from django.core.management.base import BaseCommand, CommandError
 
-from routing.mockprovider import ConfigError, build_app
+from devtools.mockprovider import ConfigError, build_app
 
 
-class _Server(Server):
+class _Server(Server):  # type: ignore[misc]  # daphne ships no type hints
     """Daphne's server, announcing the address once its listener is up.
 
     The announcement is the readiness signal test harnesses wait for, so it must follow the

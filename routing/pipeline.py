@@ -1,0 +1,438 @@
+"""A request's whole journey, top to bottom, whatever wire format the client speaks.
+
+    authenticate (JWT, cached tenant context) -> parse with the client's codec -> routes
+    -> admit (caps, rate limits, reserve) -> open an answer (healthy key, failover)
+    -> answer (JSON) or relay (SSE) -> settle the bill
+
+Everything after admission runs inside one ``async with meter:``: the :class:`Meter` is the
+single owner of the request's bill. Whatever ends the exchange (an answer, a provider
+failure, a bug, the client leaving, a stream cut off as too slow) passes through its exit,
+which records how the request ended and settles it, exactly once.
+
+Everything here is async and makes no blocking call: the tenant context comes from an
+in-process cache, admission and settlement are one Redis script each, the provider is
+called through the shared httpx client, and the ledger row is written off the response
+path from the settlement's Redis stream entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+
+import httpx
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.utils import timezone
+
+from core.errors import ProxyError
+from routing.codecs.base import Call, ClientCodec, StreamTranslator, Usage
+from routing.context import Route, TenantContext, aauthenticate
+from routing.sse import SSEParser
+from routing.upstream import Attempt, Opened, aopen
+from usage.bill import Bill, Tokens
+from usage.limits import Admission, aadmit, asettle, estimate
+from usage.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE = b": keep-alive\n\n"
+Status = UsageRecord.Status
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+async def aserve(request: HttpRequest, *, codec: ClientCodec[Any]) -> HttpResponseBase:
+    """Serve one API request in ``codec``'s wire format; every answer has an x-request-id."""
+    request_id = new_request_id()
+    # Filled in at admission: the rate-limit headers every later answer carries.
+    headers: dict[str, str] = {"x-request-id": request_id}
+    try:
+        response = await _ajourney(request, codec=codec, request_id=request_id, headers=headers)
+    except ProxyError as error:
+        response = codec.error_response(error)
+    except Exception:
+        # A bug, not a verdict on the request: logged in full, answered in the API's shape.
+        logger.exception("%s failed", request_id)
+        failure = ProxyError(500, "The proxy failed.", code="internal_error")
+        response = codec.error_response(failure)
+    for name, value in headers.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+async def _ajourney(
+    request: HttpRequest, *, codec: ClientCodec[Any], request_id: str, headers: dict[str, str]
+) -> HttpResponseBase:
+    if request.method != "POST":
+        raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
+    context = await aauthenticate(request)
+    raw = request.body
+    call: Call = codec.parse(raw)
+    routes = context.routes_for(call.model)
+    if not routes:
+        # The same answer whether the model exists in another tier or nowhere.
+        raise ProxyError(
+            404,
+            f"The model `{call.model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+    max_tokens = call.max_tokens or context.limits.default_max_tokens
+    tokens, nanos = estimate(
+        prices=[route.price for route in routes],
+        body_bytes=len(raw),
+        max_tokens=max_tokens,
+        completions=call.completions,
+    )
+    if tokens > settings.PROXY_MAX_REQUEST_TOKENS:
+        raise ProxyError(
+            400,
+            f"This request could use up to {tokens} tokens, more than the proxy's limit of "
+            f"{settings.PROXY_MAX_REQUEST_TOKENS}; lower max_tokens or shorten the prompt.",
+            code="request_too_large",
+        )
+    admission = await aadmit(
+        account=context,
+        request_id=request_id,
+        tokens=tokens,
+        nanos=nanos,
+        now=timezone.now(),
+        max_tokens=max_tokens,
+        completions=call.completions,
+    )
+    headers.update(admission.headers)
+    meter = Meter(
+        admission=admission,
+        context=context,
+        attempt=Attempt(route=routes[0], key=routes[0].provider.keys[0]),
+        stream=call.stream,
+        prompt_estimate=tokens - max_tokens * call.completions,
+    )
+    exchange = _aexchange(meter, call=call, codec=codec, routes=routes, max_tokens=max_tokens)
+    # Up to the first item, failures are raised here (already billed): the client gets an
+    # HTTP error. After it, they end the stream with an error event instead.
+    reply = await anext(exchange)
+    assert isinstance(reply, Reply)
+    if reply.body is not None:
+        await _finish(exchange)
+        return HttpResponse(reply.body, content_type="application/json")
+    response = StreamingHttpResponse(
+        EventStream(exchange, meter), content_type="text/event-stream; charset=utf-8"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """How the client's answer starts: a whole JSON body, or (body None) events to follow."""
+
+    body: bytes | None
+
+
+async def _finish(exchange: AsyncGenerator[Reply | bytes, None]) -> None:
+    # Resumed past its last item, the exchange leaves its meter normally: billed as answered.
+    async for _ in exchange:
+        raise AssertionError("a JSON answer has nothing after its body")
+
+
+class Meter:
+    """The bill of one admitted request, and the one place that decides how it ended.
+
+    ``async with meter:`` around everything that may reach the provider: on the way out the
+    exception, if any, says how the request ended (a ProxyError its status, a cancellation
+    or a closed generator that the client left, anything else a bug), and the bill is
+    settled, shielded from the cancellation that may be under way.
+    """
+
+    def __init__(
+        self,
+        *,
+        admission: Admission,
+        context: TenantContext,
+        attempt: Attempt,
+        stream: bool,
+        prompt_estimate: int,
+    ) -> None:
+        self.admission, self.context, self.attempt = admission, context, attempt
+        self.stream, self.prompt_estimate = stream, prompt_estimate
+        self.usage = Usage()
+        self.translator: StreamTranslator | None = None
+        self.status: str = Status.OK
+        self.http_status = 200
+        self.created_at = timezone.now()
+        self.started = time.monotonic()
+        self.settled = False
+
+    @property
+    def request_id(self) -> str:
+        return self.admission.request_id
+
+    async def __aenter__(self) -> Meter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.record_failure(exc)
+        await asyncio.shield(self._asettle())
+
+    def record_failure(self, exc: BaseException) -> None:
+        """How the request ended, from what ended it; the first failure is the one billed."""
+        if self.status != Status.OK:
+            return
+        if isinstance(exc, ProxyError):
+            status = Status.UPSTREAM_TIMEOUT if exc.status == 504 else Status.UPSTREAM_ERROR
+            self.status, self.http_status = status, exc.status
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # Cancelled: the client left while this waited on the provider. GeneratorExit:
+            # it left (or was cut off as too slow) while the stream waited to send.
+            self.status, self.http_status = Status.CLIENT_DISCONNECTED, 499
+        else:
+            self.status, self.http_status = Status.UPSTREAM_ERROR, 500
+
+    def bill(self) -> Bill:
+        usage = self.usage
+        if self.translator is not None:
+            usage = self.translator.usage
+            if not usage.reported:
+                # Cut short: providers stream about one token per content delta, and the
+                # prompt estimate stands in where the provider never said (OpenAI-style
+                # APIs report usage only at the end).
+                usage.output_tokens = max(usage.output_tokens, self.translator.content_deltas)
+                if usage.input_tokens == 0 and self.translator.content_deltas:
+                    usage.input_tokens = self.prompt_estimate
+        route, key = self.attempt.route, self.attempt.key
+        return Bill(
+            request_id=self.request_id,
+            tenant_id=self.context.tenant_id,
+            tier_id=self.context.tier_id,
+            route_id=route.id,
+            provider_key_id=key.id,
+            model=route.model,
+            provider_slug=route.provider.slug,
+            upstream_model=route.upstream_model,
+            stream=self.stream,
+            tokens=Tokens(
+                input=usage.input_tokens,
+                output=usage.output_tokens,
+                cache_read=usage.cache_read_tokens,
+                cache_write=usage.cache_write_tokens,
+                reasoning=usage.reasoning_tokens,
+                reported=usage.reported,
+            ),
+            price=route.price,
+            status=self.status,
+            http_status=self.http_status,
+            attempts=self.attempt.count,
+            latency_ms=int((time.monotonic() - self.started) * 1000),
+            created_at=self.created_at,
+            week=self.admission.week.id,
+        )
+
+    async def _asettle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        await asettle(self.admission, self.bill())
+
+
+async def _aexchange(
+    meter: Meter,
+    *,
+    call: Call,
+    codec: ClientCodec[Any],
+    routes: tuple[Route, ...],
+    max_tokens: int,
+) -> AsyncGenerator[Reply | bytes, None]:
+    """Open an answer and deliver it: first a :class:`Reply`, then (streams) its events."""
+    async with meter:
+        deadline = time.monotonic() + routes[0].provider.total_timeout
+        opening = asyncio.ensure_future(
+            aopen(
+                call=call,
+                codec=codec,
+                routes=routes,
+                max_tokens=max_tokens,
+                attempt=meter.attempt,
+                deadline=deadline,
+            )
+        )
+        started = False  # whether the client already has the stream's first bytes
+        try:
+            if call.stream:
+                # A slow provider does not keep the client waiting in silence: after a while
+                # the stream opens anyway and keep-alive comments hold it until it starts.
+                done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
+                if not done:
+                    started = True
+                    yield Reply(body=None)
+                while not done:
+                    done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
+                    if not done:
+                        yield KEEPALIVE
+            opened = await opening
+        except Exception as error:
+            if not started:
+                await _abandon(opening)
+                raise  # the client gets it as an HTTP error
+            # The stream had started on keep-alives: the failure becomes its last event.
+            if not isinstance(error, ProxyError):
+                logger.exception("%s: opening an answer failed", meter.request_id)
+                error = ProxyError(500, "The proxy failed.", code="internal_error")
+            meter.record_failure(error)
+            yield codec.stream_error(error)
+            return
+        except BaseException:
+            await _abandon(opening)
+            raise
+        logger.debug(
+            "%s: %s %s -> %s/%s with key %s after %d attempt(s)",
+            meter.request_id,
+            meter.context.slug,
+            call.model,
+            opened.route.provider.slug,
+            opened.route.upstream_model,
+            opened.key.label,
+            meter.attempt.count,
+        )
+        try:
+            if not call.stream:
+                body = await _aread_answer(opened, call=call, meter=meter, deadline=deadline)
+                yield Reply(body=body)
+                return
+            if not started:
+                yield Reply(body=None)
+            relay = _arelay(opened, call=call, codec=codec, meter=meter, deadline=deadline)
+            try:
+                async for part in relay:
+                    yield part
+            finally:
+                await relay.aclose()
+        finally:
+            await opened.response.aclose()
+
+
+async def _abandon(opening: asyncio.Future[Opened]) -> None:
+    """An opening no longer wanted (the client left, or a bug): stop it, close its answer."""
+    if not opening.done():
+        opening.cancel()
+    elif not opening.cancelled() and opening.exception() is None:
+        await opening.result().response.aclose()  # it opened just as the exchange ended
+
+
+async def _aread_answer(opened: Opened, *, call: Call, meter: Meter, deadline: float) -> bytes:
+    """A non-streamed answer, read within the deadline and translated for the client."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
+            raw = await opened.response.aread()
+    except (TimeoutError, httpx.TimeoutException):
+        raise ProxyError(
+            504, "The provider's answer took too long.", code="upstream_timeout"
+        ) from None
+    except httpx.HTTPError:
+        raise ProxyError(502, "The provider's answer broke off.", code="upstream_error") from None
+    try:
+        body, meter.usage = opened.codec.completion(route=opened.route, call=call, raw=raw)
+    except ProxyError:
+        raise
+    except Exception:
+        # A translation bug is the proxy's, never "the provider sent a malformed answer".
+        logger.exception("%s: translating the provider's answer failed", meter.request_id)
+        raise ProxyError(
+            502, "The provider's answer could not be translated.", code="translation_error"
+        ) from None
+    return body
+
+
+async def _arelay(
+    opened: Opened, *, call: Call, codec: ClientCodec[Any], meter: Meter, deadline: float
+) -> AsyncGenerator[bytes, None]:
+    """Pass each provider event on the moment it arrives, translated for the client.
+
+    A provider that stops sending content for the route's idle limit (keep-alive comments
+    do not count), or runs past the total deadline, is cut with an error event; so is one
+    that breaks off, or whose events cannot be translated.
+    """
+    route = opened.route
+    translator = meter.translator = opened.codec.stream(route=route, call=call)
+    parser = SSEParser()
+    chunks = opened.response.aiter_bytes()
+    loop = asyncio.get_running_loop()
+    idle = route.provider.idle_timeout
+    content_by = time.monotonic() + idle
+    failure: ProxyError | None = None
+    while failure is None:
+        now = time.monotonic()
+        try:
+            async with asyncio.timeout_at(loop.time() + min(content_by, deadline) - now):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        except (TimeoutError, httpx.TimeoutException):
+            cause = "went silent" if content_by < deadline else "ran past its deadline"
+            failure = ProxyError(504, f"The provider's stream {cause}.", code="upstream_timeout")
+            break
+        except httpx.HTTPError:
+            break  # the provider broke off: reported just below
+        events = parser.feed(chunk)
+        if any(event.data is not None for event in events):
+            content_by = time.monotonic() + idle
+        try:
+            out = b"".join(translator.feed(event) for event in events)
+        except ProxyError as error:
+            failure = error
+            break
+        except Exception:
+            # Logged with the request id: a bug in a translator must not pass for the
+            # provider's fault, and the stream cannot go on either way.
+            logger.exception("%s: translating the provider's stream failed", meter.request_id)
+            failure = ProxyError(
+                502, "The provider's stream could not be translated.", code="upstream_error"
+            )
+            break
+        if out:
+            yield out
+    if failure is None and not translator.complete:
+        failure = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
+    if failure is not None:
+        meter.record_failure(failure)
+        yield codec.stream_error(failure)
+
+
+class EventStream:
+    """A stream's events, closed properly however its client leaves.
+
+    Django closes a response once it is done with it, and calls close() on streaming content
+    that has one; left to the garbage collector, the exchange's exit (close the provider's
+    stream, bill what was produced) would run whenever it got to it. So close() closes the
+    exchange at once, which bills it as left by its client unless it had already ended.
+    """
+
+    def __init__(self, exchange: AsyncGenerator[Reply | bytes, None], meter: Meter) -> None:
+        self.exchange, self.meter = exchange, meter
+        self._closing: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # Past its Reply, an exchange yields only the stream's bytes.
+        return cast(AsyncIterator[bytes], self.exchange)
+
+    def close(self) -> None:
+        if not self.meter.settled and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.exchange.aclose())

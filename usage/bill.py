@@ -1,0 +1,101 @@
+"""The bill of one request, as usage receives it: neutral, typed, and priced once.
+
+Whoever serves a request (routing/pipeline.py) fills a :class:`Bill` and hands it to
+``usage.limits.asettle``; usage knows nothing of providers, codecs or streams. Money is
+counted in nano-dollars, exactly as the counters and the ledger hold it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import Any
+
+NANOS = Decimal(1_000_000_000)
+_MTOK = Decimal(1_000_000)
+
+
+def to_nanos(usd: Decimal, *, ceiling: bool = False) -> int:
+    return int((usd * NANOS).to_integral_value(ROUND_CEILING if ceiling else ROUND_HALF_UP))
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A route's prices, in US dollars per million tokens."""
+
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+
+    def cost(self, *, input_tokens: int, output_tokens: int) -> Decimal:
+        return (
+            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+        ) / _MTOK
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Tokens by kind. ``input`` counts every prompt token (cached ones too): it is billed."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+    reported: bool = False  # the provider's own count, not the proxy's estimate
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """One admitted request: who, what it went to, what it used, how it ended."""
+
+    request_id: str
+    tenant_id: int
+    tier_id: int
+    route_id: int
+    provider_key_id: int
+    model: str  # the public name the tenant asked for
+    provider_slug: str
+    upstream_model: str
+    stream: bool
+    tokens: Tokens
+    price: Price
+    status: str
+    http_status: int
+    attempts: int
+    latency_ms: int
+    created_at: datetime
+    week: str
+
+    @property
+    def cost_nanos(self) -> int:
+        cost = self.price.cost(input_tokens=self.tokens.input, output_tokens=self.tokens.output)
+        return to_nanos(cost)
+
+    def record(self) -> dict[str, Any]:
+        """The ledger entry: the UsageRecord's fields, JSON-ready."""
+        return {
+            "request_id": self.request_id,
+            "tenant_id": self.tenant_id,
+            "tier_id": self.tier_id,
+            "route_id": self.route_id,
+            "provider_key_id": self.provider_key_id,
+            "model": self.model,
+            "provider_slug": self.provider_slug,
+            "upstream_model": self.upstream_model,
+            "stream": self.stream,
+            "input_tokens": self.tokens.input,
+            "output_tokens": self.tokens.output,
+            "usage_reported": self.tokens.reported,
+            "cost_nanos": self.cost_nanos,
+            "status": self.status,
+            "http_status": self.http_status,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
+            "created_at": self.created_at.isoformat(),
+            "week": self.week,
+        }
