@@ -613,12 +613,6 @@ def test_it_translates_the_sampling_options_anthropic_has(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Anthropic's current models (since Claude Opus 4.1 / Sonnet 4.5) answer 400 "
-    "'`temperature` and `top_p` cannot both be specified for this model' and the codec "
-    "forwards both, so an OpenAI client sending both fails on an Anthropic route",
-)
 def test_it_never_sends_anthropic_both_temperature_and_top_p(anthropic_route: Route) -> None:
     call = chat(temperature=0.5, top_p=0.9)
     try:
@@ -629,11 +623,6 @@ def test_it_never_sends_anthropic_both_temperature_and_top_p(anthropic_route: Ro
     assert not {"temperature", "top_p"} <= set(request.payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Anthropic answers 400 'stop_sequences: each stop sequence must contain "
-    'non-whitespace\' and the codec forwards OpenAI stops such as "\\n" as they are',
-)
 def test_it_never_sends_anthropic_a_whitespace_only_stop_sequence(anthropic_route: Route) -> None:
     call = chat(stop=["\n", "END"])
     try:
@@ -719,7 +708,13 @@ def test_it_answers_an_anthropic_message_as_a_chat_completion(anthropic_route: R
     assert completion.usage.total_tokens == 1761
     assert completion.usage.prompt_tokens_details is not None
     assert completion.usage.prompt_tokens_details.cached_tokens == 1536
-    assert usage == Usage(input_tokens=1745, output_tokens=16, reported=True)
+    assert usage == Usage(
+        input_tokens=1745,
+        output_tokens=16,
+        cache_read_tokens=1536,
+        cache_write_tokens=188,
+        reported=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -745,11 +740,6 @@ def test_it_maps_stop_reasons_to_finish_reasons(
     assert ChatCompletion.model_validate_json(body).choices[0].finish_reason == finish_reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AnthropicFromChat.completion marks the usage reported=True even when the answer "
-    "carries no usage at all (Usage.reported: 'True once the provider itself reported')",
-)
 def test_it_reports_no_usage_for_an_anthropic_answer_that_has_none(
     anthropic_route: Route,
 ) -> None:
@@ -789,7 +779,13 @@ def test_it_streams_an_anthropic_answer_as_chat_completion_chunks(
     assert [chunk["choices"][0]["finish_reason"] for chunk in chunks] == [None] * 4 + ["stop"]
     assert chunks[-1]["choices"][0]["delta"] == {}
     assert translator.complete is True
-    assert translator.usage == Usage(input_tokens=1745, output_tokens=16, reported=True)
+    assert translator.usage == Usage(
+        input_tokens=1745,
+        output_tokens=16,
+        cache_read_tokens=1536,
+        cache_write_tokens=188,
+        reported=True,
+    )
     assert translator.content_deltas == 3
 
 
@@ -808,7 +804,13 @@ def test_it_adds_the_usage_chunk_when_the_client_asks(anthropic_route: Route) ->
         "prompt_tokens_details": {"cached_tokens": 1536},
     }
     assert translator.complete is True
-    assert translator.usage == Usage(input_tokens=1745, output_tokens=16, reported=True)
+    assert translator.usage == Usage(
+        input_tokens=1745,
+        output_tokens=16,
+        cache_read_tokens=1536,
+        cache_write_tokens=188,
+        reported=True,
+    )
 
 
 @pytest.mark.parametrize(

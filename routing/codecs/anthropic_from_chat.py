@@ -66,6 +66,11 @@ def _input_tokens(usage: dict[str, Any]) -> int:
     )
 
 
+def _count(usage: dict[str, Any], name: str) -> int:
+    value = usage.get(name)
+    return value if isinstance(value, int) else 0
+
+
 def _usage_json(usage: Usage, cached: int) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.input_tokens,
@@ -118,7 +123,9 @@ class AnthropicStream:
             self._base["model"] = message.get("model", self._base["model"])
             usage = message.get("usage") or {}
             self.usage.input_tokens = _input_tokens(usage)
-            self._cached = usage.get("cache_read_input_tokens") or 0
+            self.usage.cache_read_tokens = _count(usage, "cache_read_input_tokens")
+            self.usage.cache_write_tokens = _count(usage, "cache_creation_input_tokens")
+            self._cached = self.usage.cache_read_tokens
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
@@ -195,13 +202,37 @@ class AnthropicFromChat:
         }
         if system:
             payload["system"] = "\n\n".join(system)
-        if body.get("temperature") is not None:
-            payload["temperature"] = min(float(body["temperature"]), 1.0)
-        if body.get("top_p") is not None:
-            payload["top_p"] = body["top_p"]
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        if top_p is not None and top_p >= 1:
+            top_p = None  # 1 samples from everything: the same as not sending it
+        if temperature is not None and top_p is not None:
+            # Current Claude models refuse the pair; choosing one for the client would change
+            # what it asked for.
+            raise ProxyError(
+                400,
+                "`temperature` and `top_p` cannot both be set for this model (its provider "
+                "speaks the Anthropic API): send one of them.",
+                code="unsupported_for_provider",
+                param="top_p",
+            )
+        if temperature is not None:
+            payload["temperature"] = min(float(temperature), 1.0)
+        if top_p is not None:
+            payload["top_p"] = top_p
         stop = body.get("stop")
         if stop:
-            payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            stops = [stop] if isinstance(stop, str) else list(stop)
+            if not all(s.strip() for s in stops):
+                # Anthropic refuses stop sequences made of whitespace alone ("\n"): dropping
+                # one would let the answer run past where the client wanted it cut.
+                raise ProxyError(
+                    400,
+                    "A `stop` sequence made only of whitespace is not supported for this model "
+                    "(its provider speaks the Anthropic API).",
+                    code="unsupported_for_provider",
+                    param="stop",
+                )
+            payload["stop_sequences"] = stops
         if isinstance(body.get("user"), str):
             payload["metadata"] = {"user_id": body["user"]}
         if chat.stream:
@@ -213,10 +244,14 @@ class AnthropicFromChat:
         try:
             obj = json.loads(raw)
             raw_usage = obj.get("usage") or {}
+            output = raw_usage.get("output_tokens")
             usage = Usage(
                 input_tokens=_input_tokens(raw_usage),
-                output_tokens=int(raw_usage.get("output_tokens") or 0),
-                reported=True,
+                output_tokens=output if isinstance(output, int) else 0,
+                cache_read_tokens=_count(raw_usage, "cache_read_input_tokens"),
+                cache_write_tokens=_count(raw_usage, "cache_creation_input_tokens"),
+                # Only the provider's own figures count as reported.
+                reported=isinstance(output, int),
             )
             text = "".join(
                 b.get("text", "")
