@@ -36,6 +36,7 @@ from typing import Any
 
 from benchlib.baseline import (
     Baseline,
+    baseline_stores,
     new_baseline,
     remove_worktree,
     resolve_baseline,
@@ -109,7 +110,13 @@ def run_bench(args: argparse.Namespace) -> int:
         pids = processes.pids()
         if rev is not None:
             log(f"bench: baseline {rev.title}")
-            baseline = new_baseline(rev, workdir / "baseline", mock_port)
+            baseline_dir = workdir / "baseline"
+            base_stores = baseline_stores(
+                baseline_dir,
+                database_url=args.baseline_database_url,
+                redis_url=args.baseline_redis_url,
+            )
+            baseline = new_baseline(rev, baseline_dir, mock_port, base_stores)
             try:
                 start_baseline(baseline)
             except BenchError as exc:
@@ -178,7 +185,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "commit": baseline.rev.commit,
             "title": baseline.rev.title,
             "commits_between": baseline.rev.commits_between,
-            "database": "its own temporary SQLite file",
+            "database": baseline.stores.database_label,
+            "counters": baseline.stores.counters_label,
             "config_dropped": baseline.config_dropped,
             "rss_mb": base_rss,
             "requests_served": sum(r.tallies["baseline"].requests for r in results),
@@ -241,7 +249,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--baseline-ref",
         metavar="REF",
         help="also measure the proxy built from git revision REF (a detached worktree, own "
-        "SQLite and var dir, no Redis) in the same rounds, and report current vs baseline",
+        "stores and var dir) in the same rounds, and report current vs baseline",
+    )
+    parser.add_argument(
+        "--baseline-database-url",
+        help="the baseline's own scratch database (default: a temporary SQLite file)",
+    )
+    parser.add_argument(
+        "--baseline-redis-url",
+        help="the baseline's own scratch Redis DB (default: none, the embedded store)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument(

@@ -12,11 +12,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, TypedDict, Unpack
 
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from core.signals import announce_config_change
+from core.writes import apply_changes, save_and_announce
 from routing import keyring
 from routing.health import key_health_clear
 from routing.models import ModelRoute, Provider, ProviderKey
@@ -63,23 +64,6 @@ class RouteChanges(RouteFields, total=False):
     upstream_model: str
 
 
-def _saved(obj: models.Model, update_fields: list[str] | None = None) -> None:
-    """Validate and save ``obj``, and announce that tenant contexts changed."""
-    obj.full_clean()
-    obj.save(update_fields=update_fields)
-    announce_config_change()
-
-
-def _changed(obj: models.Model, changes: dict[str, Any]) -> bool:
-    """Apply ``changes`` to ``obj`` and save only those fields; False when there were none."""
-    if not changes:
-        return False
-    for name, value in changes.items():
-        setattr(obj, name, value)
-    _saved(obj, update_fields=[*changes, "updated_at"])
-    return True
-
-
 def _forget_health(key_ids: list[int]) -> None:
     """After commit: the shared resting/refused state of these keys no longer holds."""
 
@@ -97,13 +81,13 @@ def provider_create(
     *, slug: str, kind: str, base_url: str, **fields: Unpack[ProviderFields]
 ) -> Provider:
     provider = Provider(slug=slug, kind=kind, base_url=base_url, **fields)
-    _saved(provider)
+    save_and_announce(provider)
     return provider
 
 
 def provider_update(*, provider: Provider, **changes: Unpack[ProviderChanges]) -> Provider:
     """Set the given fields (and only those); nothing given, nothing written."""
-    _changed(provider, dict(changes))
+    apply_changes(provider, dict(changes))
     return provider
 
 
@@ -125,7 +109,7 @@ def provider_key_create(
 ) -> ProviderKey:
     key = ProviderKey(provider=provider, label=label, **fields)
     key.secret_ciphertext, key.last4 = keyring.seal(secret)
-    _saved(key)
+    save_and_announce(key)
     if key.enabled:
         _forget_health([key.pk])  # a key id the shared state may know from a deleted key
     return key
@@ -145,14 +129,14 @@ def provider_key_update(
         values["disabled_reason"] = ""
     if secret:
         values["secret_ciphertext"], values["last4"] = keyring.seal(secret)
-    if _changed(key, values) and key.enabled:
+    if apply_changes(key, values) and key.enabled:
         _forget_health([key.pk])
     return key
 
 
 def provider_key_disable(*, key: ProviderKey, reason: str = "") -> ProviderKey:
     """Switch a key off; ``reason`` (shown to staff) when the proxy does it itself."""
-    _changed(key, {"enabled": False, "disabled_reason": reason[:200]})
+    apply_changes(key, {"enabled": False, "disabled_reason": reason[:200]})
     return key
 
 
@@ -206,13 +190,13 @@ def route_create(
     route = ModelRoute(
         tier=tier, model=model, provider=provider, upstream_model=upstream_model, **fields
     )
-    _saved(route)
+    save_and_announce(route)
     return route
 
 
 def route_update(*, route: ModelRoute, **changes: Unpack[RouteChanges]) -> ModelRoute:
     """Set the given fields (and only those); nothing given, nothing written."""
-    _changed(route, dict(changes))
+    apply_changes(route, dict(changes))
     return route
 
 

@@ -20,11 +20,12 @@ from typing import Any, TypedDict, Unpack
 import jwt
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from core.signals import announce_config_change
+from core.writes import apply_changes, save_and_announce
 from tenants.models import Tenant, Tier
 
 logger = logging.getLogger(__name__)
@@ -66,36 +67,19 @@ class TenantChanges(TenantFields, total=False):
     tier: Tier
 
 
-def _saved(obj: models.Model, update_fields: list[str] | None = None) -> None:
-    """Validate and save ``obj``, and announce that tenant contexts changed."""
-    obj.full_clean()
-    obj.save(update_fields=update_fields)
-    announce_config_change()
-
-
-def _changed(obj: models.Model, changes: dict[str, Any]) -> bool:
-    """Apply ``changes`` to ``obj`` and save only those fields; False when there were none."""
-    if not changes:
-        return False
-    for name, value in changes.items():
-        setattr(obj, name, value)
-    _saved(obj, update_fields=[*changes, "updated_at"])
-    return True
-
-
 def _by(user: User | None) -> str:
     return f" by {user.get_username()}" if user is not None else ""
 
 
 def tier_create(*, slug: str, name: str, **fields: Unpack[TierFields]) -> Tier:
     tier = Tier(slug=slug, name=name, **fields)
-    _saved(tier)
+    save_and_announce(tier)
     return tier
 
 
 def tier_update(*, tier: Tier, **changes: Unpack[TierChanges]) -> Tier:
     """Set the given fields (and only those); nothing given, nothing written."""
-    _changed(tier, dict(changes))
+    apply_changes(tier, dict(changes))
     return tier
 
 
@@ -107,13 +91,13 @@ def tier_delete(*, tier: Tier) -> None:
 
 def tenant_create(*, slug: str, name: str, tier: Tier, **fields: Unpack[TenantFields]) -> Tenant:
     tenant = Tenant(slug=slug, name=name, tier=tier, **fields)
-    _saved(tenant)
+    save_and_announce(tenant)
     return tenant
 
 
 def tenant_update(*, tenant: Tenant, **changes: Unpack[TenantChanges]) -> Tenant:
     """Set the given fields (and only those), a move to another tier included."""
-    _changed(tenant, dict(changes))
+    apply_changes(tenant, dict(changes))
     return tenant
 
 
@@ -124,13 +108,13 @@ def tenant_delete(*, tenant: Tenant) -> None:
 
 def tenant_suspend(*, tenant: Tenant, by: User | None = None) -> Tenant:
     """Every request of the tenant is refused (403 tenant_suspended) until it is activated."""
-    _changed(tenant, {"status": Tenant.Status.SUSPENDED})
+    apply_changes(tenant, {"status": Tenant.Status.SUSPENDED})
     logger.info("tenant %s suspended%s", tenant.slug, _by(by))
     return tenant
 
 
 def tenant_activate(*, tenant: Tenant, by: User | None = None) -> Tenant:
-    _changed(tenant, {"status": Tenant.Status.ACTIVE})
+    apply_changes(tenant, {"status": Tenant.Status.ACTIVE})
     logger.info("tenant %s activated%s", tenant.slug, _by(by))
     return tenant
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import BENCH_CONFIG, REPO_ROOT, BenchError, git, log
-from .processes import Processes, Stores, child_env
+from .processes import Processes, Stores, child_env, redact
 from .scenarios import Endpoint
 
 
@@ -176,6 +176,7 @@ class Baseline:
     workdir: Path
     tree: Path
     processes: Processes
+    stores: Stores
     port: int = 0
     token: str = ""
     config_dropped: list[str] = field(default_factory=list)
@@ -185,21 +186,25 @@ class Baseline:
         return Endpoint(self.port, self.token)
 
 
-def baseline_env(workdir: Path, mock_port: int) -> dict[str, str]:
-    # The old code predates the counter store and must not share the current proxy's stores:
-    # no Redis, and its own dev secrets (so its own JWT keys and token), static dir and
-    # database, migrated by its own migrations.
-    own = Stores(f"sqlite:///{workdir / 'baseline.sqlite3'}", None, "", "")
-    return child_env(workdir, own, mock_port)
+def baseline_stores(workdir: Path, *, database_url: str | None, redis_url: str | None) -> Stores:
+    """The baseline's own stores: never the current proxy's (its own dev secrets, JWT keys,
+    token and migrations). By default a temporary SQLite file and no Redis, which suits a
+    revision older than the counter store; a newer one should get a scratch database and
+    Redis DB of its own (--baseline-database-url / --baseline-redis-url), so that both sides
+    are measured on the same kind of stores."""
+    database = database_url or f"sqlite:///{workdir / 'baseline.sqlite3'}"
+    label = redact(database_url) if database_url else "its own temporary SQLite file"
+    counters = f"Redis {redact(redis_url)}" if redis_url else "no Redis (the embedded store)"
+    return Stores(database, redis_url or None, label, counters)
 
 
-def new_baseline(rev: BaselineRev, workdir: Path, mock_port: int) -> Baseline:
+def new_baseline(rev: BaselineRev, workdir: Path, mock_port: int, stores: Stores) -> Baseline:
     """Nothing started yet: the caller holds this before start_baseline, so that its finally
     block can stop the baseline and remove its worktree however far start-up got."""
     workdir.mkdir(parents=True, exist_ok=True)
     tree = workdir / "tree"
-    env = baseline_env(workdir, mock_port)
-    return Baseline(rev, workdir, tree, Processes(workdir, env, root=tree))
+    env = child_env(workdir, stores, mock_port)
+    return Baseline(rev, workdir, tree, Processes(workdir, env, root=tree), stores)
 
 
 def start_baseline(baseline: Baseline) -> None:

@@ -193,18 +193,9 @@ def baseline_section(meta: dict[str, Any], results: list[ScenarioResult]) -> lis
         "served the same way from a detached worktree with the same Python, measured in the "
         "same rounds against the same mock (order direct → current → baseline, rotated every "
         "round). The difference is everything between the two revisions "
-        f"({len(base['commits_between'])} commits, listed below). Measured from the end of "
-        "issue 2, that is: the admission Lua script before forwarding (weekly caps, rate "
-        "limits, concurrency, the reservation) and the settlement script after it (release, "
-        "bill, ledger stream entry); the ledger moved off the response path into Redis "
-        "streams and an in-process drainer, where the baseline inserts one usage row per "
-        "request into its database before the response ends; key health; first-byte / idle / "
-        "total deadlines and stream backpressure; and the hot-path work done since, notably "
-        "the API handler no longer giving each request a fresh executor thread (so the "
-        "baseline also opens a database connection per request). A negative difference "
-        "therefore means the savings outweigh what admission and settlement add. "
-        "Stores: the baseline had its own temporary SQLite file and no counter store; the "
-        f"current proxy had {meta['stores']['database']}, and for counters "
+        f"({len(base['commits_between'])} commits, listed below). "
+        f"Stores: the baseline had {base['database']} and {base.get('counters', 'no Redis')}; "
+        f"the current proxy had {meta['stores']['database']}, and for counters "
         f"{meta['stores']['counters']}.",
         "",
     ]
