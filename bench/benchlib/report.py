@@ -242,9 +242,9 @@ def baseline_section(meta: dict[str, Any], results: list[ScenarioResult]) -> lis
         "baseline in ms (TTFB for streams only; p50/p99 of the whole response), so at c = 1 "
         "they are the added cost per request. Own CPU = the serving process's CPU per "
         "request (the mock's for direct); its difference is the added CPU per request and, "
-        "in brackets, current ÷ baseline. It leaves out the Redis and database servers: the "
-        "current proxy's scripts run inside Redis, while the baseline's ledger INSERT into "
-        "SQLite runs in its own process and is counted.",
+        "in brackets, current ÷ baseline. It leaves out the Redis and database servers' own "
+        "CPU (scripts run inside Redis), but counts work done in the proxy's process, such as "
+        "an embedded store's scripts or a SQLite write.",
         "",
         f"Commits from `{short}` to this run's HEAD:",
         "",
