@@ -79,7 +79,10 @@ MODEL_LIST = {
     "object": "list",
     "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
 }
-FAULT_ACTIONS = frozenset({"status", "delay_headers", "break_after", "drip", "echo_key"})
+FAULT_ACTIONS = frozenset(
+    {"status", "delay_headers", "break_after", "drip", "echo_key", "echo_key_in_answer",
+     "stream_error"}
+)  # fmt: skip
 MATCH_KEYS = frozenset({"api_key", "model", "api"})
 
 JSON_TYPE = (b"content-type", b"application/json")
@@ -191,7 +194,7 @@ def _parse_fault(rule: Any) -> Fault:
             raise ConfigError("status fault headers must be an object")
     elif kind == "delay_headers":
         _seconds(action, "seconds")
-    elif kind == "break_after":
+    elif kind in ("break_after", "stream_error"):
         _count(action, "chunks")
     elif kind == "drip":
         if _seconds(action, "interval") <= 0:
@@ -358,6 +361,8 @@ class _Plan:
     ttft: float
     chunk_delay: float
     break_at: int | None = None
+    error_at: int | None = None  # a stream's provider error event after this many pieces
+    error_message: str = ""
 
 
 class MockProvider:
@@ -390,7 +395,11 @@ class MockProvider:
           (a non-streamed call gets its headers and half its body first);
         - ``{"type": "drip", "interval": S, "max_seconds": T}``: after the headers, send an SSE
           comment every S seconds, never any content, and end the body after T seconds;
-        - ``{"type": "echo_key"}``: a 400 error whose message contains the request's API key.
+        - ``{"type": "echo_key"}``: a 400 error whose message contains the request's API key;
+        - ``{"type": "echo_key_in_answer"}``: a normal 200 answer whose first piece quotes the
+          request's API key (as a provider quoting it in an error-like text would);
+        - ``{"type": "stream_error", "chunks": K}``: a stream of K pieces, then the API's own
+          mid-stream error event quoting the request's API key, and the end of the body.
         """
         unknown = set(changes) - {"chunks", "chunk_delay", "ttft", "text", "faults"}
         if unknown:
@@ -570,6 +579,14 @@ class MockProvider:
             await self._drip(call, action["interval"], action["max_seconds"])
         elif kind == "delay_headers":
             return await call.pause(action["seconds"])
+        elif kind == "echo_key_in_answer":
+            quote = f"Rate limit reached for key {call.record['api_key']}. "
+            plan.pieces = [quote, *plan.pieces[1:]]
+            return False
+        elif kind == "stream_error":
+            plan.error_at = action["chunks"]
+            plan.error_message = f"Rate limit reached for key {call.record['api_key']}."
+            return False
         else:  # break_after: the normal reply, cut short
             plan.break_at = action["chunks"]
             return False
@@ -670,6 +687,9 @@ class MockProvider:
             if index == plan.break_at:
                 await call.abort()
                 return
+            if index == plan.error_at:
+                await call.body(_stream_error_frame(call.api, plan.error_message), more=False)
+                return
             if await call.pause(plan.ttft if index == 0 else plan.chunk_delay):
                 return
             await call.piece(frames.piece(piece), piece)
@@ -680,6 +700,15 @@ class MockProvider:
         for frame in middle:
             await call.body(frame)
         await call.body(last, more=False)
+
+
+def _stream_error_frame(api: Api, message: str) -> bytes:
+    """The provider's own event for a stream that fails after it started."""
+    if api == "openai":
+        error = {"message": message, "type": "rate_limit_exceeded", "param": None, "code": None}
+        return b"data: " + _json({"error": error}) + b"\n\n"
+    event = {"type": "error", "error": {"type": "overloaded_error", "message": message}}
+    return b"event: error\ndata: " + _json(event) + b"\n\n"
 
 
 def _api_key(api: Api, headers: Mapping[str, str]) -> str:

@@ -82,6 +82,7 @@ class ProviderKeyAuth(httpx.Auth):
     def __init__(self, ciphertext: str, *, header: str) -> None:
         # Decrypted once when the tenant context is built, not on every request.
         self.__secret = _open(ciphertext)
+        self.__secret_bytes = self.__secret.encode()
         self.__header = header
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -94,6 +95,14 @@ class ProviderKeyAuth(httpx.Auth):
     def scrub(self, text: str) -> str:
         """Remove this key from text that came back from the provider (an echoed error)."""
         return text.replace(self.__secret, "[redacted]") if self.__secret in text else text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        """The same for an answer's bytes: a provider may quote the key in a 200 body or a
+        mid-stream error event as much as in an error status. One substring search per chunk
+        when the key is absent, which it always is but for a hostile or careless provider."""
+        if self.__secret_bytes in data:
+            return data.replace(self.__secret_bytes, b"[redacted]")
+        return data
 
     def __repr__(self) -> str:
         return "<ProviderKeyAuth ••••>"

@@ -350,6 +350,8 @@ async def _aread_answer(opened: Opened, *, call: Call, meter: Meter, deadline: f
         raise ProxyError(502, "The provider's answer broke off.", code="upstream_error") from None
     try:
         body, meter.usage = opened.codec.completion(route=opened.route, call=call, raw=raw)
+        # A pooled key never leaves the proxy, whatever the provider quoted in its answer.
+        body = opened.key.auth.scrub_bytes(body)
     except ProxyError:
         raise
     except Exception:
@@ -408,7 +410,9 @@ async def _arelay(
             )
             break
         if out:
-            yield out
+            # Events are whole here (the parser cuts at their ends), so a key quoted in one,
+            # an error event as much as content, is found and removed before it is sent.
+            yield opened.key.auth.scrub_bytes(out)
     if failure is None and not translator.complete:
         failure = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
     if failure is not None:

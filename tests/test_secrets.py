@@ -147,3 +147,31 @@ def test_it_rotates_encryption_keys(settings: object) -> None:
         out = StringIO()
         call_command("rotate_encryption", stdout=out)
         assert "0 key(s) re-encrypted, 3 already current" in out.getvalue()
+
+
+@pytest.mark.parametrize("model", ["auto", "claude-haiku"])  # pass-through, and translated
+@pytest.mark.parametrize(
+    ("action", "stream"),
+    [
+        ({"type": "echo_key_in_answer"}, False),  # a 200 body quoting the key
+        ({"type": "echo_key_in_answer"}, True),  # a content delta quoting it
+        ({"type": "stream_error", "chunks": 2}, True),  # the provider's mid-stream error event
+    ],
+)
+def test_it_removes_a_key_the_provider_quotes_in_an_answer(
+    proxy: LiveProxy,
+    world: World,
+    mock: MockServer,
+    model: str,
+    action: dict[str, object],
+    stream: bool,
+) -> None:
+    mock.configure(faults=[{"action": action, "times": 1}])
+    try:
+        seen = exchange(proxy, world.token(world.alice), model, stream)
+    finally:
+        mock.configure(faults=[])
+    assert [r["fault"] for r in mock.requests()][-1] == action["type"]  # the key was quoted
+    assert "[redacted]" in seen
+    for secret in world.secrets.values():
+        assert secret not in seen
