@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any
 
 from django.http import JsonResponse
-
-
-def _complete_reason_phrases() -> None:
-    """Teach Daphne's HTTP layer the standard reason phrase of every status.
-
-    An ASGI response start carries a status code and no reason phrase, so Daphne writes
-    the status line with Twisted's own table (twisted.web.http.RESPONSES): that table lacks
-    429 (and 422, 428, 431, 451, 511, ...), for which Twisted writes "Unknown Status" —
-    Django's reason_phrase never reaches the wire. The gaps are filled from the standard
-    library's HTTPStatus when this module is imported, which the apps do at start-up, before
-    any request is served; codes Twisted knows keep its phrases.
-    """
-    try:
-        from twisted.web import http
-    except ImportError:  # not served by Daphne: nothing to teach
-        return
-    for status in HTTPStatus:
-        http.RESPONSES.setdefault(status.value, status.phrase.encode("ascii"))
-
-
-_complete_reason_phrases()
 
 # OpenAI's `type` for each status, as its API sends them.
 _OPENAI_TYPES = {

@@ -18,12 +18,18 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_site.settings")
 django_application = get_asgi_application()
 
-from proxy_site.backpressure import SlowClientGuard, check_support  # noqa: E402
+from proxy_site.backpressure import (  # noqa: E402
+    SlowClientGuard,
+    check_support,
+    complete_reason_phrases,
+)
 from proxy_site.handlers import BodySizeLimit, ProxyAPIHandler, route_by_path  # noqa: E402
 
 # Once, at start-up: a loud warning when the installed Daphne/Twisted do not have what the
 # slow-client guard reads (it then cuts no one off).
 check_support()
+# Before anything is served: "429 Too Many Requests", not Twisted's "429 Unknown Status".
+complete_reason_phrases()
 
 application = BodySizeLimit(
     SlowClientGuard(route_by_path(api=ProxyAPIHandler(), default=django_application))

@@ -326,3 +326,22 @@ class SlowClientGuard:
                 await asyncio.sleep(0.01)
 
         await self.app(scope, receive, guarded_send)
+
+
+def complete_reason_phrases() -> None:
+    """Teach Twisted the standard reason phrase of every status (the other thing this module
+    fixes in the server under the proxy).
+
+    An ASGI response start carries a status code and no reason phrase, so Daphne writes the
+    status line from Twisted's own table (``twisted.web.http.RESPONSES``), which lacks 429
+    (and 422, 428, 431, 451, 511, ...): Twisted writes "Unknown Status" for those. The gaps
+    are filled from the standard library's HTTPStatus; codes Twisted knows keep its phrases.
+    """
+    from http import HTTPStatus
+
+    try:
+        from twisted.web import http
+    except ImportError:  # not served by Daphne: nothing to teach
+        return
+    for status in HTTPStatus:
+        http.RESPONSES.setdefault(status.value, status.phrase.encode("ascii"))

@@ -18,10 +18,10 @@ from django.http import HttpRequest
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
+from core.adminutils import adopt, form_changes
 from routing import services
 from routing.health import key_health_get
 from routing.models import ModelRoute, Provider, ProviderKey
-from tenants.admin import adopt, form_changes
 
 
 @admin.register(Provider)

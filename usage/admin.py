@@ -23,8 +23,8 @@ from django.forms.formsets import BaseFormSet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.adminutils import adopt, form_changes
 from tenants import services as tenant_services
-from tenants.admin import adopt, form_changes
 from tenants.models import Tenant, Tier
 from usage.models import UsageRecord, WeekReset
 from usage.selectors import WeekUsage, tenants_week_usage
