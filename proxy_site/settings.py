@@ -116,6 +116,10 @@ JWT_ISSUER = env_str("JWT_ISSUER", "llm-proxy")
 JWT_AUDIENCE = env_str("JWT_AUDIENCE", "llm-proxy")
 JWT_LEEWAY_SECONDS = env_int("JWT_LEEWAY_SECONDS", 30, minimum=0)
 JWT_MAX_TOKEN_BYTES = env_int("JWT_MAX_TOKEN_BYTES", 8192, minimum=256)
+# The longest a token may live (exp - iat, in seconds; 30 days by default): a token signed
+# with a far-off exp (a leaked signing key, a platform bug) is refused, and token_issue
+# refuses to mint one.
+JWT_MAX_LIFETIME = env_int("JWT_MAX_LIFETIME", 30 * 24 * 3600, minimum=60)
 JWT_SIGNING_JWK = _secret("JWT_SIGNING_JWK") if not PRODUCTION else env_str("JWT_SIGNING_JWK")
 
 

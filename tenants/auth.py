@@ -9,6 +9,7 @@ which holds the tenant's cached context to compare them with).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ def unauthorized() -> ProxyError:
 
 
 _VERIFIED_CACHE_SIZE = 10_000
+# Year 10000: past it, datetime cannot hold the time, and no real token gets near it.
+_LATEST_TIMESTAMP = 253_402_300_800
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,20 @@ def _verify(token: str, keys: dict[str, jwt.PyJWK]) -> dict[str, Any]:
         raise reject(type(exc).__name__) from None
     if not isinstance(claims.get("sub"), str) or type(claims.get("ver")) is not int:
         raise reject("sub or ver of the wrong type")
+    # PyJWT compares exp/iat/nbf after int() and accepts "123" or true for them; the cache
+    # above and everything downstream compares them as numbers, so they must be numbers.
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _is_time(claims[name]):
+            raise reject(f"{name} is not a number")
+    if claims["exp"] - claims["iat"] > settings.JWT_MAX_LIFETIME:
+        raise reject("lifetime over JWT_MAX_LIFETIME")
     return claims
+
+
+def _is_time(value: Any) -> bool:
+    # NumericDate (RFC 7519): a JSON number of seconds. bool is an int to Python, not to JSON;
+    # a timestamp before 1970 is no token of ours.
+    return type(value) in (int, float) and math.isfinite(value) and 0 <= value < _LATEST_TIMESTAMP
 
 
 def reject(reason: str) -> ProxyError:

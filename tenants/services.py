@@ -31,6 +31,10 @@ from tenants.models import Tenant, Tier
 logger = logging.getLogger(__name__)
 
 
+class TokenLifetimeInvalid(ValueError):
+    """A token's lifetime is not positive or exceeds JWT_MAX_LIFETIME (it would be refused)."""
+
+
 class TokenSigningUnavailable(Exception):
     pass
 
@@ -134,6 +138,12 @@ def tenant_revoke_tokens(*, tenant: Tenant, by: User | None = None) -> Tenant:
 
 def token_issue(*, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = None) -> str:
     """A JWT for ``tenant`` signed with JWT_SIGNING_JWK (the platform normally does this)."""
+    seconds = int(ttl.total_seconds())
+    if not 0 < seconds <= settings.JWT_MAX_LIFETIME:
+        raise TokenLifetimeInvalid(
+            f"A token lives between 1 second and JWT_MAX_LIFETIME ({settings.JWT_MAX_LIFETIME} "
+            f"seconds); {seconds} seconds asked."
+        )
     raw = signing_jwk or settings.JWT_SIGNING_JWK
     if not raw:
         raise TokenSigningUnavailable(
@@ -149,7 +159,7 @@ def token_issue(*, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = Non
         "aud": settings.JWT_AUDIENCE,
         "iss": settings.JWT_ISSUER,
         "iat": now,
-        "exp": now + int(ttl.total_seconds()),
+        "exp": now + seconds,
         "jti": uuid.uuid4().hex,
         "ver": tenant.token_version,
     }

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,7 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tenants.models import Tenant
-from tenants.services import tenant_create, tenant_revoke_tokens, tenant_suspend
+from tenants.services import (
+    TokenLifetimeInvalid,
+    tenant_create,
+    tenant_revoke_tokens,
+    tenant_suspend,
+    token_issue,
+)
 from tests.conftest import CHANGE_VISIBLE_WITHIN, LiveProxy, World, claims_for, eventually
 from tests.support.mockserver import MockServer
 
@@ -94,6 +101,15 @@ def bad_tokens(world: World) -> dict[str, dict[str, str]]:
         "nbf in the future": bearer(keys.sign(claims_for(alice, nbf=now + 600))),
         "iat in the future": bearer(keys.sign(claims_for(alice, iat=now + 600))),
         "missing iat": bearer(keys.sign(claims_for(alice, iat=None))),
+        "exp a numeric string": bearer(keys.sign(claims_for(alice, exp=str(now + 3600)))),
+        "exp true": bearer(keys.sign(claims_for(alice, exp=True))),
+        "iat a numeric string": bearer(keys.sign(claims_for(alice, iat=str(now)))),
+        "iat negative": bearer(keys.sign(claims_for(alice, iat=-1))),
+        "iat true": bearer(keys.sign(claims_for(alice, iat=True))),
+        "nbf a numeric string": bearer(keys.sign(claims_for(alice, nbf=str(now - 10)))),
+        "lifetime over 30 days": bearer(
+            keys.sign(claims_for(alice, iat=now - 10, exp=now + 31 * 24 * 3600))
+        ),
         "missing ver": bearer(keys.sign(claims_for(alice, ver=None))),
         "ver not an integer": bearer(keys.sign(claims_for(alice, ver="1"))),
         "wrong audience": bearer(keys.sign(claims_for(alice, aud="someone-else"))),
@@ -213,3 +229,13 @@ def test_it_gives_a_tenant_reusing_a_slug_none_of_the_old_tokens(
         assert get_models(proxy, **bearer(old)).status_code in (401, 403)
 
     eventually(refused, timeout=CHANGE_VISIBLE_WITHIN)
+
+
+def test_it_issues_no_token_that_outlives_jwt_max_lifetime(proxy: LiveProxy, world: World) -> None:
+    signing = json.dumps(world.jwt_keys.primary)
+    with pytest.raises(TokenLifetimeInvalid):
+        token_issue(tenant=world.alice, ttl=timedelta(days=31), signing_jwk=signing)
+    with pytest.raises(TokenLifetimeInvalid):
+        token_issue(tenant=world.alice, ttl=timedelta(0), signing_jwk=signing)
+    token = token_issue(tenant=world.alice, ttl=timedelta(days=30), signing_jwk=signing)
+    assert get_models(proxy, authorization=f"Bearer {token}").status_code == 200

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from tests.conftest import LiveProxy, World
 from tests.support.mockserver import MockServer
+from usage.models import UsageRecord
 
 pytestmark = pytest.mark.core
 
@@ -153,3 +154,47 @@ def test_it_answers_a_wrong_method_in_json(proxy: LiveProxy, world: World) -> No
         headers={"Authorization": f"Bearer {world.token(world.alice)}"},
     )
     assert_openai_error(response, 405, "method_not_allowed")
+
+
+def _chat(**fields: bytes) -> bytes:
+    """A chat body with some fields given as raw JSON text (json.dumps cannot write them)."""
+    parts = [b'"messages": ' + fields.pop("messages", b'[{"role": "user", "content": "hi"}]')]
+    parts += [f'"{name}": '.encode() + value for name, value in fields.items()]
+    return b'{"model": "MODEL", ' + b", ".join(parts) + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (_chat(messages=b'[{"role": "user", "content": "a\\ud800b"}]'), "messages[0].content"),
+        (_chat(messages=b'[{"role": "user", "content": "\xed\xa0\x80"}]'), "messages[0].content"),
+        (_chat(user=b'"\\udfff"'), "user"),
+        (_chat(logit_bias=b'{"50256": 1e400}'), "logit_bias.50256"),
+        (_chat(top_logprobs=b"1e400", logprobs=b"true"), "top_logprobs"),
+        (_chat(metadata=b'{"run": -1e400}'), "metadata.run"),
+        (
+            _chat(messages=b'[{"role": "user", "content": [{"type": "text", "text": 1e999}]}]'),
+            "messages[0].content[0].text",
+        ),
+    ],
+)
+def test_it_refuses_values_no_encoder_can_write_without_billing(
+    proxy: LiveProxy, world: World, mock: MockServer, body: bytes, param: str
+) -> None:
+    # Both tiers: pass-through to an OpenAI-kind provider, and translation to Anthropic.
+    for tenant, model in ((world.alice, b"auto"), (world.bob, b"claude-sonnet-4-5")):
+        response = post(proxy, world.token(tenant), body.replace(b"MODEL", model))
+        error = assert_openai_error(response, 400, "invalid_request")
+        assert error["param"] == param
+    assert mock.calls() == 0
+    assert not UsageRecord.objects.filter(tenant__in=[world.alice, world.bob]).exists()
+    # The process is unharmed: a good request right after is served.
+    good = post(proxy, world.token(world.alice), _chat().replace(b"MODEL", b"auto"))
+    assert good.status_code == 200, good.text
+
+
+def test_it_keeps_a_valid_surrogate_pair(proxy: LiveProxy, world: World, mock: MockServer) -> None:
+    body = _chat(messages=b'[{"role": "user", "content": "\\ud83d\\ude00"}]')
+    response = post(proxy, world.token(world.alice), body.replace(b"MODEL", b"auto"))
+    assert response.status_code == 200, response.text
+    assert mock.requests()[-1]["body"]["messages"][0]["content"] == "\U0001f600"

@@ -7,12 +7,12 @@ OpenAI-compatible providers untouched, where the provider judges them.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from core.errors import ProxyError
+from routing.codecs.json_input import load_json_object
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_TOKENS_LIMIT = 10_000_000
@@ -49,10 +49,6 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 
 def _invalid(message: str, *, param: str | None = None) -> NoReturn:
     raise ProxyError(400, message, code="invalid_request", param=param)
-
-
-def _reject_constant(name: str) -> NoReturn:
-    _invalid(f"Invalid JSON: {name} is not a number.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +90,7 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
 def parse_chat_request(
     raw: bytes, *, max_messages: int, extra_fields: frozenset[str] = frozenset()
 ) -> ChatRequest:
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        _invalid("The request body is not valid UTF-8.")
-    except json.JSONDecodeError as exc:
-        _invalid(f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}).")
-    except (RecursionError, ValueError):
-        # RecursionError: absurdly nested arrays; ValueError: an integer with more digits
-        # than Python will parse (int_max_str_digits).
-        _invalid("The request body is not valid JSON.")
-    if not isinstance(body, dict):
-        _invalid("The request body must be a JSON object.")
+    body = load_json_object(raw, invalid=_invalid)
     unknown = sorted(set(body) - KNOWN_FIELDS - extra_fields)
     if unknown:
         _invalid(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants.selectors import tenant_get
-from tenants.services import TokenSigningUnavailable, token_issue
+from tenants.services import TokenLifetimeInvalid, TokenSigningUnavailable, token_issue
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -35,5 +35,5 @@ class Command(BaseCommand):
             self.stderr.write(f"warning: tenant {tenant!r} is suspended; the token will get 403.")
         try:
             self.stdout.write(token_issue(tenant=found, ttl=lifetime))
-        except TokenSigningUnavailable as exc:
+        except (TokenLifetimeInvalid, TokenSigningUnavailable) as exc:
             raise CommandError(str(exc)) from None
