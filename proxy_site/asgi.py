@@ -3,8 +3,11 @@
 Two Django handlers share one process: the proxy API under /v1/ runs with only the
 async-native middleware in PROXY_MIDDLEWARE, so a request never waits on the shared sync
 thread that Django's session, CSRF and auth middleware would need; everything else (the
-admin) gets the full MIDDLEWARE stack. In front of both sit the body-size guard, which
-refuses an oversized upload before it is read into memory, and the slow-client guard, which
+admin) gets the full MIDDLEWARE stack. Below them, in Daphne's HTTP protocol, the framing
+guard (proxy_site/framing.py) refuses an oversized body on its declared length, a chunked one
+the moment it crosses the cap, and repeated or contradictory framing headers, before anything
+reads the body; the ASGI body-size guard stays as its fallback. In front of both handlers sits
+the slow-client guard, which
 bounds what a streamed answer may hold for a client that reads slowly (proxy_site/
 backpressure.py; checked against the installed Daphne and Twisted once, at import).
 """
@@ -23,11 +26,16 @@ from proxy_site.backpressure import (  # noqa: E402
     check_support,
     complete_reason_phrases,
 )
+from proxy_site.framing import install as install_framing_guard  # noqa: E402
 from proxy_site.handlers import BodySizeLimit, ProxyAPIHandler, route_by_path  # noqa: E402
 
 # Once, at start-up: a loud warning when the installed Daphne/Twisted do not have what the
 # slow-client guard reads (it then cuts no one off).
 check_support()
+# Once, before Daphne builds its server: refuse oversized bodies and bad framing in the HTTP
+# protocol, before any body is read (proxy_site/framing.py); a loud warning when the
+# installed Daphne/Twisted do not have what that relies on (then nothing is installed).
+install_framing_guard()
 # Before anything is served: "429 Too Many Requests", not Twisted's "429 Unknown Status".
 complete_reason_phrases()
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -58,6 +59,22 @@ class ProxyAPIHandler(ASGIHandler):
         if scope["type"] != "http":
             raise ValueError(f"The API serves HTTP only, not {scope['type']}.")
         await self.handle(scope, receive, send)
+
+    async def read_body(self, receive: Any) -> IO[bytes]:
+        """The body, in memory: Django's own read_body spools one over
+        FILE_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB) to a temporary file on disk, and an API body may
+        be up to PROXY_MAX_BODY_BYTES (4 MiB), which BodySizeLimit and the server's framing
+        guard (proxy_site/framing.py) have already enforced."""
+        body = io.BytesIO()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+            body.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body.seek(0)
+        return body
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -111,11 +128,20 @@ def route_by_path(*, api: ASGIApp, default: ASGIApp) -> ASGIApp:
     return app
 
 
-async def send_json_error(send: Send, *, path: str, status: int, message: str, code: str) -> None:
+def too_large_message(limit: int) -> str:
+    return f"Request body is larger than the limit of {limit} bytes."
+
+
+def api_error_body(*, path: str, status: int, message: str, code: str) -> bytes:
+    """An error body in the API's shape: Anthropic's under /v1/messages, else OpenAI's."""
     from core.errors import ProxyError, error_body
 
     error = ProxyError(status, message, code=code)
-    body = json.dumps(error_body(error, anthropic=path.startswith("/v1/messages"))).encode()
+    return json.dumps(error_body(error, anthropic=path.startswith("/v1/messages"))).encode()
+
+
+async def send_json_error(send: Send, *, path: str, status: int, message: str, code: str) -> None:
+    body = api_error_body(path=path, status=status, message=message, code=code)
     await send(
         {
             "type": "http.response.start",
@@ -131,10 +157,14 @@ async def send_json_error(send: Send, *, path: str, status: int, message: str, c
 
 
 class BodySizeLimit:
-    """Refuse API bodies over PROXY_MAX_BODY_BYTES before they are held in memory.
+    """Refuse API bodies over PROXY_MAX_BODY_BYTES, at the ASGI level.
 
     A declared Content-Length over the limit is refused before one body byte is read; a
     chunked body is counted as it arrives and refused the moment it crosses the limit.
+    Under Daphne nothing reaches this far: the server calls the application only once the
+    whole body has arrived, so the framing guard (proxy_site/framing.py) refuses both cases
+    in the HTTP protocol itself, before Twisted buffers the body. This stays as the
+    server-independent check, for when that guard could not be installed.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -146,7 +176,7 @@ class BodySizeLimit:
             return
         limit: int = settings.PROXY_MAX_BODY_BYTES
         path: str = scope["path"]
-        too_big = f"Request body is larger than the limit of {limit} bytes."
+        too_big = too_large_message(limit)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
