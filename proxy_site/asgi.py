@@ -6,10 +6,10 @@ thread that Django's session, CSRF and auth middleware would need; everything el
 admin) gets the full MIDDLEWARE stack. Below them, in Daphne's HTTP protocol, the framing
 guard (proxy_site/framing.py) refuses an oversized body on its declared length, a chunked one
 the moment it crosses the cap, and repeated or contradictory framing headers, before anything
-reads the body; the ASGI body-size guard stays as its fallback. In front of both handlers sits
-the slow-client guard, which
-bounds what a streamed answer may hold for a client that reads slowly (proxy_site/
-backpressure.py; checked against the installed Daphne and Twisted once, at import).
+reads the body; the ASGI body-size guard stays as its fallback. In front of both handlers
+sits the slow-client guard, which bounds what a streamed answer may hold for a client that
+reads slowly (proxy_site/backpressure.py). Both guards are checked against the installed
+Daphne and Twisted once, at import.
 """
 
 from __future__ import annotations
