@@ -178,13 +178,19 @@ else:
 
 # --- The proxy -----------------------------------------------------------------------------
 
+# The most body bytes an API request (/v1/) may send, declared or chunked. Under Daphne the
+# framing guard (proxy_site/framing.py) refuses a declared length over it (413) as soon as
+# the headers end, without a 100 Continue, holds every body in memory (never a temporary
+# file) and refuses a chunked one the moment it crosses the cap; other paths (the admin)
+# get the same treatment at DATA_UPLOAD_MAX_MEMORY_SIZE below.
 PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 # The API's views read request.body, which Django refuses (RequestDataTooBig, a 500) over
 # DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MiB by default: so that cap follows the proxy's own.
 # BodySizeLimit (proxy_site/handlers.py) has already refused any API body over
 # PROXY_MAX_BODY_BYTES with a 413 before reading it. The same cap bounds the admin's POSTs,
 # which is fine at 4 MiB: an admin form is a few KiB, so nothing legitimate comes near it,
-# and a bigger one is still refused (400) before it is parsed. Never below Django's default,
+# and a bigger one is refused before it is parsed (413 by the framing guard, which also
+# caps a chunked one there; else 400 by Django). Never below Django's default,
 # so a small PROXY_MAX_BODY_BYTES does not starve the admin.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(PROXY_MAX_BODY_BYTES, 2_621_440)
 PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
@@ -199,6 +205,15 @@ PROXY_CONTEXT_TTL = env_float("PROXY_CONTEXT_TTL", 30.0, minimum=0.0)
 # How often a process asks Redis whether another process changed tenants, tiers or routes.
 PROXY_CONTEXT_POLL = env_float("PROXY_CONTEXT_POLL", 0.5, minimum=0.0)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
+# The most a provider's non-streamed answer may be, decoded (a gzip bomb is measured by what
+# it inflates to): a 502 past it, and the worker never holds more. The largest real chat
+# completion is a few MiB (a long answer, n > 1, logprobs); 32 MiB leaves room for all that.
+PROXY_MAX_ANSWER_BYTES = env_int("PROXY_MAX_ANSWER_BYTES", 32 * 1024 * 1024, minimum=65536)
+# The most one event of a provider's stream may be, decoded: the stream ends with an error
+# event past it. Some providers send a tool call's whole arguments in one event, so it is not
+# small; a stream's total is not capped (it is bounded by its deadline, and held only one
+# event and PROXY_STREAM_BUFFER_BYTES at a time, however long it runs).
+PROXY_MAX_EVENT_BYTES = env_int("PROXY_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=65536)
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
 # A stream whose provider has not started answering after this many seconds is opened to the
 # client anyway, with `: keep-alive` comments every as many seconds, so that clients and load
@@ -223,7 +238,12 @@ except (ValueError, KeyError, OSError):
     raise invalid_value(
         "PROXY_WEEK_TIMEZONE", PROXY_WEEK_TIMEZONE, "an IANA time zone such as UTC"
     ) from None
-# Reservations outlive any request (a crashed process's reservation is healed after this).
+# A reservation and its concurrency lease live this long unless renewed: each process's
+# heartbeat renews its live requests' every third of it, so a worker that dies (kill -9)
+# frees its leases within this, and its requests are billed as lost (usage/limits.py).
+PROXY_LEASE_TTL = env_float("PROXY_LEASE_TTL", 30.0, minimum=1.0)
+# The longest a request may hold its reservation: the heartbeat stops renewing past this
+# (a leaked admission cannot hold a tenant's allowance for ever); total_timeout stays below.
 PROXY_RESERVATION_TTL = env_int("PROXY_RESERVATION_TTL", 900, minimum=10)
 # How long a settled request id is remembered, so a repeated settlement charges nothing.
 PROXY_SETTLED_MARKER_TTL = env_int("PROXY_SETTLED_MARKER_TTL", 600, minimum=60)

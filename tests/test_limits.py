@@ -163,11 +163,11 @@ async def test_it_charges_a_second_settlement_nothing() -> None:
 async def test_it_heals_a_reservation_its_process_never_settled() -> None:
     tenant = await sync_to_async(make_tenant)(weekly_token_cap=50, requests_per_minute=0)
     context = await context_of(tenant)
-    with override_settings(PROXY_RESERVATION_TTL=60):
+    with override_settings(PROXY_LEASE_TTL=60):
         await admit(context, "crashed")  # its process died: no settle ever comes
         error = await refused(admit(context, "r2", now=NOON + timedelta(seconds=59)))
         assert error.code == "insufficient_quota"
-        # Past the reservation's TTL the held tokens are released.
+        # Past the lease's TTL (no heartbeat renewed it) the held tokens are released.
         await admit(context, "r2", now=NOON + timedelta(seconds=61))
     assert used(context.tenant_id) == (0, 40)
 

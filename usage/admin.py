@@ -210,7 +210,7 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
         "status",
         "latency_ms",
     )
-    list_filter = ("status", "tier", "provider_slug", "stream")
+    list_filter = ("status", "usage_invalid", "tier", "provider_slug", "stream")
     search_fields = ("request_id", "tenant__slug", "model")
     date_hierarchy = "created_at"
     list_select_related = ("tenant",)

@@ -43,6 +43,7 @@ class Tokens:
     cache_write: int = 0
     reasoning: int = 0
     reported: bool = False  # the provider's own count, not the proxy's estimate
+    invalid: bool = False  # the provider's count was impossible; the estimate was billed
 
     @property
     def total(self) -> int:
@@ -91,6 +92,7 @@ class Bill:
             "input_tokens": self.tokens.input,
             "output_tokens": self.tokens.output,
             "usage_reported": self.tokens.reported,
+            "usage_invalid": self.tokens.invalid,
             "cost_nanos": self.cost_nanos,
             "status": self.status,
             "http_status": self.http_status,

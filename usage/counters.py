@@ -3,16 +3,29 @@
 Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot)::
 
     lp:{t:7}:week:<week>   hash   used_tokens, used_nanos, seeded   (TTL: the week + 14 days)
-    lp:{t:7}:resv          zset   request id -> reservation expiry (ms)
+    lp:{t:7}:resv          zset   request id -> reservation expiry (ms): the lease, renewed
+                                  by its process's heartbeat (PROXY_LEASE_TTL)
     lp:{t:7}:resv:amt      hash   request id -> "tokens|nanos"
     lp:{t:7}:resv:tot      hash   tokens, nanos: the sum of live reservations
-    lp:{t:7}:inflight      zset   request id -> lease expiry (ms): concurrency
+    lp:{t:7}:pending       hash   request id -> "tokens|nanos|week|record": the ledger entry
+                                  of an admitted request if its worker dies (status lost),
+                                  refreshed by the heartbeat, deleted by its settlement
+    lp:{t:7}:inflight      zset   request id -> lease expiry (ms): concurrency (same expiry
+                                  as its reservation)
     lp:{t:7}:rpm           zset   request id -> admission time (ms): the last minute's requests
     lp:{t:7}:done          zset   settled request id -> forget-after (ms): settle exactly once
+                                  (PROXY_SETTLED_MARKER_TTL; PENDING_KEEP for a lost one)
     lp:{t:7}:ledger        stream one entry per settled request, drained into UsageRecord
     lp:{t:7}:ledger:dead   stream entries that could not be stored (their tenant was deleted)
     lp:{t:7}:lock          string held while the ledger moves to the database or the week is
                                   rebuilt from it, so the two never count an entry twice
+
+A reservation whose lease ran out (its worker died, or stopped renewing it) is expired by
+the next ADMIT of its tenant or by a SWEEP (every process's ledger drainer runs them): its
+reservation and lease are freed and, if it has a pending record, that record becomes its
+ledger entry and joins the week's usage, exactly once (marked done, so a late SETTLE of a
+worker that was only slow is a no-op). The reservation keys live PENDING_KEEP after the
+last admission, so a dead worker's pending records wait that long for a sweep.
 
 Lua pitfalls minded here: "-0" is not an integer to HINCRBY (so amounts are subtracted as
 ``0 - x``), and Lua prints large numbers in exponent form (so amounts are stored as the
@@ -54,6 +67,7 @@ class TenantKeys:
     ledger: str
     dead_letter: str
     lock: str
+    pending: str
     prefix: str
 
 
@@ -70,15 +84,28 @@ def keys_for(tenant_id: int, week: str) -> TenantKeys:
         ledger=f"{p}ledger",
         dead_letter=f"{p}ledger:dead",
         lock=f"{p}lock",
+        pending=f"{p}pending",
         prefix=p,
     )
 
 
 LEDGER_PATTERN = "lp:{t:*}:ledger"
+RESERVATIONS_PATTERN = "lp:{t:*}:resv"
+
+# How long a dead worker's pending records (and the reservation keys) wait for a sweep, and
+# how long a lost request's id is remembered so that its late settlement bills nothing.
+PENDING_KEEP_S = 14 * 86400
 
 
 def tenant_id_of_ledger(key: str) -> int:
+    """The tenant id in one of its keys (a ledger stream, a reservation set...)."""
     return int(key.split("{t:", 1)[1].split("}", 1)[0])
+
+
+def pending_value(*, tokens: int, nanos: int, week_id: str, record_json: str) -> str:
+    """A pending record as ADMIT, HEARTBEAT and the expiry read it; the record goes last, so
+    a "|" inside it is harmless."""
+    return f"{tokens}|{nanos}|{week_id}|{record_json}"
 
 
 # --- scripts -------------------------------------------------------------------------------
@@ -96,21 +123,84 @@ local function release(resv_amt, resv_tot, id)
 end
 """
 
-# Admission: check concurrency, requests per minute and both weekly caps, and only if all
-# pass take a lease, a slot in the minute and a reservation of the worst case. Nothing is
-# written for a refused request, so a refusal never eats into the next one's allowance.
-ADMIT = (
+# Shared by SETTLE and the expiry: lengthen a key's TTL, never shorten it (the done set holds
+# markers of different lifetimes).
+_EXTEND = """
+local function extend(key, ms)
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+"""
+
+# Shared by ADMIT and SWEEP: the reservations whose lease ran out. Each is released, and one
+# with a pending record is billed by it: marked done (so a late settlement is a no-op),
+# added to its week (the week it was admitted in, a key of the same tenant) and appended to
+# the ledger, exactly as SETTLE would have. Returns how many were billed so.
+_EXPIRE = (
     _RELEASE
+    + _EXTEND
+    + """
+local function expire(k, id, now, keep)
+  release(k.resv_amt, k.resv_tot, id)
+  redis.call('ZREM', k.resv, id)
+  redis.call('ZREM', k.inflight, id)
+  local value = redis.call('HGET', k.pending, id)
+  if not value then
+    return 0
+  end
+  redis.call('HDEL', k.pending, id)
+  if redis.call('ZSCORE', k.done, id) then
+    return 0
+  end
+  local a = string.find(value, '|', 1, true)
+  local b = string.find(value, '|', a + 1, true)
+  local c = string.find(value, '|', b + 1, true)
+  local tokens, nanos = string.sub(value, 1, a - 1), string.sub(value, a + 1, b - 1)
+  local week_id, record = string.sub(value, b + 1, c - 1), string.sub(value, c + 1)
+  redis.call('ZADD', k.done, now + keep, id)
+  extend(k.done, keep)
+  local week = k.prefix .. 'week:' .. week_id
+  if redis.call('HGET', week, 'seeded') == '1' then
+    redis.call('HINCRBY', week, 'used_tokens', tokens)
+    redis.call('HINCRBY', week, 'used_nanos', nanos)
+  end
+  redis.call('XADD', k.ledger, '*', 'w', week_id, 't', tokens, 'n', nanos, 'r', record)
+  return 1
+end
+
+local function expire_due(k, now, keep)
+  local lost = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.resv, '-inf', now)) do
+    lost = lost + expire(k, id, now, keep)
+  end
+  redis.call('ZREMRANGEBYSCORE', k.inflight, '-inf', now)
+  return lost
+end
+"""
+)
+
+# Admission: check concurrency, requests per minute and both weekly caps, and only if all
+# pass take a lease, a slot in the minute, a reservation of the worst case and the pending
+# ledger record. Nothing is written for a refused request, so a refusal never eats into the
+# next one's allowance. Every answer but 'seed' ends with how many expired requests it
+# billed as lost (their entries are in the ledger stream for the drainer).
+ADMIT = (
+    _EXPIRE
     + """
 local week, resv, resv_amt = KEYS[1], KEYS[2], KEYS[3]
 local resv_tot, inflight, rpm = KEYS[4], KEYS[5], KEYS[6]
+local pending = KEYS[7]
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
 local est_tokens, est_nanos = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cap_tokens, cap_nanos = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rpm_limit, max_concurrent = tonumber(ARGV[7]), tonumber(ARGV[8])
-local resv_ttl, lease_ttl, window = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local lease_ttl, keep, window = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local check_rate = ARGV[12] == '1'
+local pending_value = ARGV[13]
+local k = {resv = resv, resv_amt = resv_amt, resv_tot = resv_tot, inflight = inflight,
+           pending = pending, done = KEYS[8], ledger = KEYS[9], prefix = ARGV[14]}
 
 if redis.call('HGET', week, 'seeded') ~= '1' then
   return {'seed'}
@@ -120,29 +210,22 @@ end
 if redis.call('HEXISTS', resv_amt, rid) == 1 then
   local held = tonumber(redis.call('HGET', resv_tot, 'tokens') or '0')
   local used = tonumber(redis.call('HGET', week, 'used_tokens') or '0')
-  return {'ok', used, held, redis.call('ZCARD', rpm)}
+  return {'ok', used, held, redis.call('ZCARD', rpm), 0}
 end
 
--- Reservations of processes that died before settling expire here (their TTL heals them).
-local expired = redis.call('ZRANGEBYSCORE', resv, '-inf', now)
-for _, id in ipairs(expired) do
-  release(resv_amt, resv_tot, id)
-end
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', resv, '-inf', now)
-end
-redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+-- Requests whose process died before settling (no heartbeat renewed them) expire here.
+local lost = expire_due(k, now, keep)
 redis.call('ZREMRANGEBYSCORE', rpm, '-inf', now - window)
 
 local in_flight = redis.call('ZCARD', inflight)
 local in_window = redis.call('ZCARD', rpm)
 if check_rate then
   if max_concurrent > 0 and in_flight >= max_concurrent then
-    return {'concurrency', 1000, in_window}
+    return {'concurrency', 1000, in_window, lost}
   end
   if rpm_limit > 0 and in_window >= rpm_limit then
     local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
-    return {'rpm', tonumber(oldest[2]) + window - now, in_window}
+    return {'rpm', tonumber(oldest[2]) + window - now, in_window, lost}
   end
 end
 
@@ -151,26 +234,80 @@ local used_nanos = tonumber(redis.call('HGET', week, 'used_nanos') or '0')
 local held_tokens = tonumber(redis.call('HGET', resv_tot, 'tokens') or '0')
 local held_nanos = tonumber(redis.call('HGET', resv_tot, 'nanos') or '0')
 if cap_tokens >= 0 and used_tokens + held_tokens + est_tokens > cap_tokens then
-  return {'tokens', used_tokens, held_tokens, in_window}
+  return {'tokens', used_tokens, held_tokens, in_window, lost}
 end
 if cap_nanos >= 0 and used_nanos + held_nanos + est_nanos > cap_nanos then
-  return {'cost', used_nanos, held_nanos, in_window}
+  return {'cost', used_nanos, held_nanos, in_window, lost}
 end
 
+-- Every lease expires lease_ttl after its last renewal, so the set may too. The reservation
+-- keys are kept far longer: a dead worker's pending records must wait for a sweep.
 redis.call('ZADD', inflight, now + lease_ttl, rid)
 redis.call('PEXPIRE', inflight, lease_ttl)
 redis.call('ZADD', rpm, now, rid)
 redis.call('PEXPIRE', rpm, window)
-redis.call('ZADD', resv, now + resv_ttl, rid)
-redis.call('PEXPIRE', resv, resv_ttl)
+redis.call('ZADD', resv, now + lease_ttl, rid)
+redis.call('PEXPIRE', resv, keep)
 redis.call('HSET', resv_amt, rid, ARGV[3] .. '|' .. ARGV[4])
-redis.call('PEXPIRE', resv_amt, resv_ttl)
+redis.call('PEXPIRE', resv_amt, keep)
 redis.call('HINCRBY', resv_tot, 'tokens', est_tokens)
 redis.call('HINCRBY', resv_tot, 'nanos', est_nanos)
-redis.call('PEXPIRE', resv_tot, resv_ttl)
-return {'ok', used_tokens, held_tokens + est_tokens, in_window + 1}
+redis.call('PEXPIRE', resv_tot, keep)
+if pending_value ~= '' then
+  redis.call('HSET', pending, rid, pending_value)
+  redis.call('PEXPIRE', pending, keep)
+end
+return {'ok', used_tokens, held_tokens + est_tokens, in_window + 1, lost}
 """
 )
+
+# The heartbeat of one process for one tenant: renew the lease and reservation of each of
+# its live requests (ARGV: now, lease ms, then request id and pending value pairs; a value
+# of "" keeps the stored one). A request whose lease already ran out is not revived: it is
+# the expiry's (or its settlement's, whichever comes first). Returns those ids.
+HEARTBEAT = """
+local resv, inflight, pending = KEYS[1], KEYS[2], KEYS[3]
+local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local gone = {}
+for i = 3, #ARGV, 2 do
+  local rid, value = ARGV[i], ARGV[i + 1]
+  local expiry = redis.call('ZSCORE', resv, rid)
+  if expiry and tonumber(expiry) > now then
+    redis.call('ZADD', resv, 'XX', now + lease, rid)
+    redis.call('ZADD', inflight, 'XX', now + lease, rid)
+    if value ~= '' and redis.call('HEXISTS', pending, rid) == 1 then
+      redis.call('HSET', pending, rid, value)
+    end
+  else
+    gone[#gone + 1] = rid
+  end
+end
+redis.call('PEXPIRE', inflight, lease)
+return gone
+"""
+
+# Expire a tenant's requests whose lease ran out, without an admission (see _EXPIRE): run by
+# every process's ledger drainer, so a dead worker's requests reach the ledger even when
+# their tenant sends nothing more. Returns how many were billed as lost.
+SWEEP = (
+    _EXPIRE
+    + """
+local k = {resv = KEYS[1], resv_amt = KEYS[2], resv_tot = KEYS[3], inflight = KEYS[4],
+           pending = KEYS[5], done = KEYS[6], ledger = KEYS[7], prefix = ARGV[3]}
+return expire_due(k, tonumber(ARGV[1]), tonumber(ARGV[2]))
+"""
+)
+
+# A lost request's ledger entry that meets the request's real row (written straight to the
+# database while Redis was down): the row stands; the entry leaves the stream and the week
+# takes the difference, once (only if this call removed the entry).
+ADJUST = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 and redis.call('HGET', KEYS[2], 'seeded') == '1' then
+  redis.call('HINCRBY', KEYS[2], 'used_tokens', ARGV[2])
+  redis.call('HINCRBY', KEYS[2], 'used_nanos', ARGV[3])
+end
+return 1
+"""
 
 # Settlement: once per request id. Releases the reservation and the lease, adds the actual
 # usage to the week (if the week's counters are live; a week not yet rebuilt counts it from
@@ -178,9 +315,10 @@ return {'ok', used_tokens, held_tokens + est_tokens, in_window + 1}
 # empty record adds no entry: reconciliation of a row already in the database.
 SETTLE = (
     _RELEASE
+    + _EXTEND
     + """
 local week, resv, resv_amt, resv_tot = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local inflight, done, ledger = KEYS[5], KEYS[6], KEYS[7]
+local inflight, done, ledger, pending = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local rid, tokens, nanos = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local done_ttl, week_id, record = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local now = tonumber(ARGV[7])
@@ -192,10 +330,11 @@ end
 -- request, and nothing that only a lazy expiry would ever free.
 redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
 redis.call('ZADD', done, now + done_ttl, rid)
-redis.call('PEXPIRE', done, done_ttl)
+extend(done, done_ttl)
 release(resv_amt, resv_tot, rid)
 redis.call('ZREM', resv, rid)
 redis.call('ZREM', inflight, rid)
+redis.call('HDEL', pending, rid)
 if redis.call('HGET', week, 'seeded') == '1' then
   redis.call('HINCRBY', week, 'used_tokens', tokens)
   redis.call('HINCRBY', week, 'used_nanos', nanos)
@@ -271,6 +410,7 @@ def settle_call(
             keys.inflight,
             keys.done,
             keys.ledger,
+            keys.pending,
         ],
         "args": [
             request_id,
@@ -284,7 +424,94 @@ def settle_call(
     }
 
 
-_SCRIPTS = ScriptRegistry({"admit": ADMIT, "settle": SETTLE, "seed": SEED, "unlock": UNLOCK})
+def admit_call(
+    *,
+    tenant_id: int,
+    week_id: str,
+    now_ms: int,
+    request_id: str,
+    tokens: int,
+    nanos: int,
+    cap_tokens: int,
+    cap_nanos: int,
+    requests_per_minute: int,
+    max_concurrent: int,
+    lease_ms: int,
+    window_ms: int,
+    pending: str,
+) -> dict[str, list[Any]]:
+    """The ADMIT script's keys and arguments; a cap of -1 is no cap, pending "" none."""
+    keys = keys_for(tenant_id, week_id)
+    return {
+        "keys": [
+            keys.week,
+            keys.resv,
+            keys.resv_amt,
+            keys.resv_tot,
+            keys.inflight,
+            keys.rpm,
+            keys.pending,
+            keys.done,
+            keys.ledger,
+        ],
+        "args": [
+            now_ms,
+            request_id,
+            tokens,
+            nanos,
+            cap_tokens,
+            cap_nanos,
+            requests_per_minute,
+            max_concurrent,
+            lease_ms,
+            PENDING_KEEP_S * 1000,
+            window_ms,
+            "1",
+            pending,
+            keys.prefix,
+        ],
+    }
+
+
+def heartbeat_call(
+    *, tenant_id: int, now_ms: int, lease_ms: int, renewals: list[tuple[str, str]]
+) -> dict[str, list[Any]]:
+    """The HEARTBEAT script's keys and arguments: (request id, pending value or "") pairs."""
+    keys = keys_for(tenant_id, "-")
+    args: list[Any] = [now_ms, lease_ms]
+    for request_id, value in renewals:
+        args += [request_id, value]
+    return {"keys": [keys.resv, keys.inflight, keys.pending], "args": args}
+
+
+def sweep_call(*, tenant_id: int, now_ms: int) -> dict[str, list[Any]]:
+    """The SWEEP script's keys and arguments."""
+    keys = keys_for(tenant_id, "-")
+    return {
+        "keys": [
+            keys.resv,
+            keys.resv_amt,
+            keys.resv_tot,
+            keys.inflight,
+            keys.pending,
+            keys.done,
+            keys.ledger,
+        ],
+        "args": [now_ms, PENDING_KEEP_S * 1000, keys.prefix],
+    }
+
+
+_SCRIPTS = ScriptRegistry(
+    {
+        "admit": ADMIT,
+        "settle": SETTLE,
+        "heartbeat": HEARTBEAT,
+        "sweep": SWEEP,
+        "adjust": ADJUST,
+        "seed": SEED,
+        "unlock": UNLOCK,
+    }
+)
 
 
 class Scripts:
@@ -293,6 +520,9 @@ class Scripts:
     def __init__(self, handles: dict[str, Any]) -> None:
         self.admit = handles["admit"]
         self.settle = handles["settle"]
+        self.heartbeat = handles["heartbeat"]
+        self.sweep = handles["sweep"]
+        self.adjust = handles["adjust"]
         self.seed = handles["seed"]
         self.unlock = handles["unlock"]
 

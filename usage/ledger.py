@@ -9,6 +9,9 @@ straight to the database (Redis unreachable at settlement) to the counters after
 
 Everything that moves usage between the stream and the database, or reads the database to
 rebuild a counter, holds the tenant's lock, so no entry is ever counted twice.
+
+The sweep bills requests whose worker died (their lease ran out) by their pending records:
+see usage/counters.py (SWEEP) and usage/limits.py (the lost-request policy).
 """
 
 from __future__ import annotations
@@ -47,9 +50,28 @@ def record_to_json(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
+# The record's counts and the largest value each column holds. A record past them is refused
+# here (ValueError: the drain keeps it in the dead-letter stream) rather than by the
+# database: SQLite's INSERT OR IGNORE, which bulk_create(ignore_conflicts=True) issues, skips a
+# row that fails a CHECK as silently as a duplicate, and the row would be lost.
+_BIG, _INT, _SMALL = 2**63 - 1, 2**31 - 1, 2**15 - 1
+_COUNTS = {
+    "input_tokens": _BIG,
+    "output_tokens": _BIG,
+    "cost_nanos": 10**20 - 1,  # cost_usd: 20 digits, 9 of them decimals
+    "latency_ms": _INT,
+    "http_status": _SMALL,
+    "attempts": _SMALL,
+}
+
+
 def record_row(record: dict[str, Any]) -> UsageRecord:
     """The UsageRecord for a settled request's record (as the meter builds it)."""
     data = dict(record)
+    for name, largest in _COUNTS.items():
+        value = data.get(name, 0)
+        if type(value) is not int or not 0 <= value <= largest:
+            raise ValueError(f"ledger record {data.get('request_id')!r}: {name} is {value!r}")
     data["created_at"] = datetime.fromisoformat(data["created_at"])
     data["cost_usd"] = Decimal(data.pop("cost_nanos")) / NANOS
     return UsageRecord(**data)
@@ -66,6 +88,55 @@ def _record_of(row: UsageRecord) -> dict[str, Any]:
 
 def _row(payload: bytes | str) -> UsageRecord:
     return record_row(json.loads(payload))
+
+
+def sweep_tenant(client: redis.Redis, tenant_id: int, *, now_ms: int | None = None) -> int:
+    """Bill a tenant's requests whose lease ran out as lost; returns how many.
+
+    Their entries join the ledger stream (drained as any other). No lock: the script is one
+    atomic step, like a settlement.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    call = counters.sweep_call(tenant_id=tenant_id, now_ms=now)
+    return int(counters.sync_scripts(client).sweep(**call))
+
+
+def sweep_all(client: redis.Redis, *, now_ms: int | None = None) -> int:
+    """Sweep every tenant that holds reservations (SCAN: for the worker, not the hot path)."""
+    tenants = {
+        counters.tenant_id_of_ledger(key.decode() if isinstance(key, bytes) else key)
+        for key in client.scan_iter(match=counters.RESERVATIONS_PATTERN, count=1000)
+    }
+    return sum(sweep_tenant(client, tenant_id, now_ms=now_ms) for tenant_id in sorted(tenants))
+
+
+def _settled_already(
+    client: redis.Redis, tenant_id: int, parsed: list[tuple[bytes, dict[bytes, bytes], UsageRecord]]
+) -> set[bytes]:
+    """Lost entries whose request has a row already; returns their entry ids.
+
+    Such a row is the request's real bill, written straight to the database while Redis was
+    down (its lease ran out meanwhile, so it was billed as lost too), or this very entry,
+    stored before a crash kept it from leaving the stream. The row stands: the entry leaves
+    the stream and its week's counter takes the difference, in one step (ADJUST).
+    """
+    lost = {row.request_id: (entry_id, fields, row) for entry_id, fields, row in parsed}
+    lost = {rid: item for rid, item in lost.items() if item[2].status == UsageRecord.Status.LOST}
+    if not lost:
+        return set()
+    existing = UsageRecord.objects.filter(request_id__in=lost).values_list(
+        "request_id", "input_tokens", "output_tokens", "cost_usd"
+    )
+    adjust = counters.sync_scripts(client).adjust
+    done = set()
+    for request_id, input_tokens, output_tokens, cost_usd in existing:
+        entry_id, fields, row = lost[request_id]
+        keys = counters.keys_for(tenant_id, fields[b"w"].decode())
+        tokens = input_tokens + output_tokens - row.total_tokens
+        nanos = int(cost_usd * NANOS) - int(row.cost_usd * NANOS)
+        adjust(keys=[keys.ledger, keys.week], args=[entry_id, tokens, nanos])
+        done.add(entry_id)
+    return done
 
 
 @contextmanager
@@ -92,10 +163,10 @@ def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
         )
         if not entries:
             return moved
-        rows = []
+        parsed = []
         for entry_id, fields in entries:
             try:
-                rows.append(_row(fields[b"r"]))
+                parsed.append((entry_id, fields, _row(fields[b"r"])))
             except (KeyError, ValueError, TypeError):
                 # Unreadable (a record from another version of the proxy, say): kept aside,
                 # loudly, rather than blocking the tenant's ledger and its counters.
@@ -105,6 +176,8 @@ def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
                 logger.error(
                     "unreadable ledger entry %s of tenant %s moved to %s", entry_id, tenant_id, dead
                 )
+        skip = _settled_already(client, tenant_id, parsed)
+        rows = [row for entry_id, _, row in parsed if entry_id not in skip]
         try:
             with transaction.atomic():
                 UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)

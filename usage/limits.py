@@ -8,6 +8,13 @@ reservation and adds the actual usage, once per request id, in the same atomic s
 appends the ledger entry. Since a reservation is an upper bound of what the request can
 use, the week's usage never exceeds a cap.
 
+Leases are short (PROXY_LEASE_TTL, 30 s): one task per process, :class:`_Heartbeat`, renews
+those of all its live admissions every third of that, one script call per tenant. A worker
+that dies (kill -9) stops renewing: its leases are free within PROXY_LEASE_TTL, and each of
+its requests is billed by the pending record admission stored (status ``lost``: see
+:func:`_lost_bill` for the policy) by the next admission of its tenant or any process's
+ledger sweep, exactly once: a settlement that comes after that is a no-op.
+
 Redis unreachable: caps fail closed (503 at once, nothing forwarded) unless the tier chose
 fail-open, which serves without rate limits and checks caps against the database ledger.
 A settlement that cannot reach Redis is written straight to the database.
@@ -19,8 +26,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
@@ -33,7 +41,7 @@ from core.errors import ProxyError
 from core.singleflight import SingleFlight
 from tenants.limits import Account
 from usage import counters
-from usage.bill import NANOS, Bill, Price, to_nanos
+from usage.bill import NANOS, Bill, Price, Tokens, to_nanos
 from usage.ledger import (
     LockBusy,
     drain_all,
@@ -41,6 +49,8 @@ from usage.ledger import (
     reconcile,
     record_to_json,
     seed_week,
+    sweep_all,
+    sweep_tenant,
     week_usage,
 )
 from usage.weeks import Week, week_of
@@ -57,8 +67,15 @@ class Admission:
     tenant_id: int
     week: Week
     headers: dict[str, str] = field(default_factory=dict)
-    # False when admitted while Redis was unreachable (fail-open): nothing is reserved.
+    # False when admitted while Redis was unreachable (fail-open): nothing is reserved, and
+    # there is no lease to renew.
     reserved: bool = True
+    # The bill if the worker dies before settling (status lost), as stored at admission;
+    # the heartbeat refreshes it from ``progress`` (what the request has produced so far).
+    pending: Bill | None = None
+    progress: Callable[[], Tokens] | None = None
+    reserved_tokens: int = 0
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
 def _headers(
@@ -191,36 +208,43 @@ async def aadmit(
     now: datetime,
     max_tokens: int | None = None,
     completions: int = 1,
+    pending: Bill | None = None,
 ) -> Admission:
     """Admit and reserve, or raise ProxyError (429 over a limit, 503 store unreachable).
 
     ``tokens`` and ``nanos`` are the request's worst case (:func:`estimate`); given the
     ``max_tokens`` and ``completions`` it was estimated with, a refusal over a weekly cap
-    names the largest max_tokens that would fit.
+    names the largest max_tokens that would fit. ``pending`` is the request's bill should
+    its worker die before settling it (status lost), stored with the reservation.
     """
     limits = account.limits
     week = week_of(now)
-    keys = counters.keys_for(account.tenant_id, week.id)
     cap_nanos = -1 if limits.weekly_cost_cap_usd is None else to_nanos(limits.weekly_cost_cap_usd)
-    ttl_ms = settings.PROXY_RESERVATION_TTL * 1000
-    args = [
-        int(now.timestamp() * 1000),
-        request_id,
-        tokens,
-        nanos,
-        -1 if limits.weekly_token_cap is None else limits.weekly_token_cap,
-        cap_nanos,
-        limits.requests_per_minute,
-        limits.max_concurrent_requests,
-        ttl_ms,
-        ttl_ms,
-        _WINDOW_MS,
-        "1",
-    ]
-    script_keys = [keys.week, keys.resv, keys.resv_amt, keys.resv_tot, keys.inflight, keys.rpm]
+    admission = Admission(
+        request_id=request_id,
+        tenant_id=account.tenant_id,
+        week=week,
+        pending=pending,
+        reserved_tokens=tokens,
+    )
+    call = counters.admit_call(
+        tenant_id=account.tenant_id,
+        week_id=week.id,
+        now_ms=int(now.timestamp() * 1000),
+        request_id=request_id,
+        tokens=tokens,
+        nanos=nanos,
+        cap_tokens=-1 if limits.weekly_token_cap is None else limits.weekly_token_cap,
+        cap_nanos=cap_nanos,
+        requests_per_minute=limits.requests_per_minute,
+        max_concurrent=limits.max_concurrent_requests,
+        lease_ms=_lease_ms(),
+        window_ms=_WINDOW_MS,
+        pending="" if pending is None else _pending_value(_lost_bill(admission)),
+    )
     try:
         scripts = counters.async_scripts(counters.async_client())
-        result = await scripts.admit(keys=script_keys, args=args)
+        result = await scripts.admit(**call)
         if result[0] == b"seed":
             # First request of the week, or Redis lost the counters: rebuild from the ledger.
             # One rebuild per tenant-week at a time in this process: a new week starts with
@@ -231,7 +255,7 @@ async def aadmit(
                     account.tenant_id, week
                 ),
             )
-            result = await scripts.admit(keys=script_keys, args=args)
+            result = await scripts.admit(**call)
     except _UNREACHABLE as exc:
         if not account.limits.rate_limits_fail_open:
             # The script may have run even though its answer never came (a timeout): undo
@@ -252,14 +276,13 @@ async def aadmit(
         raise
 
     outcome = result[0].decode()
+    if outcome != "seed" and int(result[-1]):
+        _drainer.note(account.tenant_id)  # it billed expired requests as lost: store them
     if outcome == "ok":
         used, held, in_window = int(result[1]), int(result[2]), int(result[3])
-        return Admission(
-            request_id=request_id,
-            tenant_id=account.tenant_id,
-            week=week,
-            headers=_headers(account, week, now, used, held, in_window),
-        )
+        admission.headers = _headers(account, week, now, used, held, in_window)
+        _heartbeat().add(admission)
+        return admission
     if outcome in ("tokens", "cost"):
         # The week's usage and what requests in flight hold: tokens, or nanos for cost (the
         # token headers are left out then).
@@ -377,8 +400,149 @@ async def _admit_degraded(
     return Admission(request_id=request_id, tenant_id=account.tenant_id, week=week, reserved=False)
 
 
+def _lease_ms() -> int:
+    return int(settings.PROXY_LEASE_TTL * 1000)
+
+
+def _bounded(value: Any, most: int) -> int:
+    # The counts may be the provider's, unvalidated (a float, negative, 10^20): a lost bill
+    # is never negative nor more than the reservation.
+    try:
+        return max(0, min(int(value), most))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _lost_bill(admission: Admission) -> Bill:
+    """What a request whose worker died is billed: the lost-request policy.
+
+    Its prompt estimate as input (or the provider's prompt count, where it gave one before
+    the worker died), the output it had produced at its last heartbeat (the provider's
+    count if reported, else one token per content delta, as for a stream cut short), never
+    more tokens in all than its reservation; priced at its first candidate route, with
+    ``usage_reported`` false and HTTP status 0 (nobody knows how the exchange ended).
+    """
+    assert admission.pending is not None
+    bill = admission.pending
+    tokens = bill.tokens
+    if admission.progress is not None:
+        try:
+            seen = admission.progress()
+        except Exception:
+            logger.exception("%s: its progress could not be read", admission.request_id)
+        else:
+            most = admission.reserved_tokens
+            prompt = _bounded(seen.input or tokens.input, most)
+            tokens = Tokens(input=prompt, output=_bounded(seen.output, most - prompt))
+    latency_ms = int((time.monotonic() - admission.admitted_at) * 1000)
+    return replace(bill, tokens=tokens, latency_ms=latency_ms)
+
+
+def _pending_value(bill: Bill) -> str:
+    return counters.pending_value(
+        tokens=bill.tokens.total,
+        nanos=bill.cost_nanos,
+        week_id=bill.week,
+        record_json=record_to_json(bill.record()),
+    )
+
+
+class _Heartbeat:
+    """Keeps the leases of this event loop's live admissions, and their pending records.
+
+    One task for all of them (a task or timer per request would cost CPU under load): every
+    PROXY_LEASE_TTL / 3 it renews each live admission's lease and reservation and rewrites
+    its pending record from its progress, one HEARTBEAT call per tenant. An admission leaves
+    at its settlement, when Redis says its lease already ran out, or after
+    PROXY_RESERVATION_TTL (a leaked admission must not hold its tenant's allowance for ever).
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[int, dict[str, Admission]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, admission: Admission) -> None:
+        self.live.setdefault(admission.tenant_id, {})[admission.request_id] = admission
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), name="usage-lease-heartbeat"
+            )
+
+    def forget(self, admission: Admission) -> None:
+        admissions = self.live.get(admission.tenant_id)
+        if admissions is not None:
+            admissions.pop(admission.request_id, None)
+            if not admissions:
+                del self.live[admission.tenant_id]
+
+    async def _run(self) -> None:
+        while self.live:
+            await asyncio.sleep(settings.PROXY_LEASE_TTL / 3)
+            try:
+                await self.beat()
+            except Exception:
+                logger.exception("renewing the leases failed; will retry")
+
+    async def beat(self) -> None:
+        """Renew every live admission once (the loop calls this; so may a test)."""
+        now_ms = int(time.time() * 1000)
+        oldest = time.monotonic() - settings.PROXY_RESERVATION_TTL
+        scripts = counters.async_scripts(counters.async_client())
+        for tenant_id, admissions in list(self.live.items()):
+            renewals = []
+            for admission in list(admissions.values()):
+                if admission.admitted_at < oldest:
+                    logger.warning(
+                        "%s has held its reservation for PROXY_RESERVATION_TTL (%s s): no "
+                        "longer renewed; unless it settles first it will be billed as lost",
+                        admission.request_id,
+                        settings.PROXY_RESERVATION_TTL,
+                    )
+                    self.forget(admission)
+                    continue
+                value = "" if admission.pending is None else _pending_value(_lost_bill(admission))
+                renewals.append((admission.request_id, value))
+            if not renewals:
+                continue
+            call = counters.heartbeat_call(
+                tenant_id=tenant_id, now_ms=now_ms, lease_ms=_lease_ms(), renewals=renewals
+            )
+            try:
+                gone = await scripts.heartbeat(**call)
+            except _UNREACHABLE as exc:
+                logger.error("counter store unreachable (%r): leases not renewed", exc)
+                return
+            for request_id in gone:
+                rid = request_id.decode() if isinstance(request_id, bytes) else request_id
+                lapsed = admissions.get(rid)
+                if lapsed is not None:
+                    logger.warning("%s: its lease ran out before this heartbeat", rid)
+                    self.forget(lapsed)
+
+
+_heartbeats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Heartbeat] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _heartbeat() -> _Heartbeat:
+    """The running event loop's heartbeat (a process has one loop; tests have many)."""
+    loop = asyncio.get_running_loop()
+    heartbeat = _heartbeats.get(loop)
+    if heartbeat is None:
+        heartbeat = _heartbeats[loop] = _Heartbeat()
+    return heartbeat
+
+
 async def asettle(admission: Admission, bill: Bill) -> None:
-    """Release the reservation and bill the actual usage, once; never raises for Redis."""
+    """Release the reservation and bill the actual usage, once; never raises for Redis.
+
+    A request whose lease ran out before this (its worker froze, or lost Redis, for longer
+    than PROXY_LEASE_TTL) has been billed as lost already: this settles nothing then, and
+    the lost bill stands (logged).
+    """
+    if admission.reserved:
+        _heartbeat().forget(admission)
     record = bill.record()
     call = counters.settle_call(
         tenant_id=admission.tenant_id,
@@ -390,7 +554,7 @@ async def asettle(admission: Admission, bill: Bill) -> None:
         now_ms=int(time.time() * 1000),
     )
     try:
-        await counters.async_scripts(counters.async_client()).settle(**call)
+        settled = await counters.async_scripts(counters.async_client()).settle(**call)
     except _UNREACHABLE as exc:
         logger.error(
             "counter store unreachable (%r) at settlement of %s: writing the ledger row "
@@ -401,6 +565,13 @@ async def asettle(admission: Admission, bill: Bill) -> None:
         )
         await _write_direct(record)
         return
+    if not settled and admission.pending is not None:
+        logger.warning(
+            "%s settled after its lease ran out: it stays billed as lost (%d tokens "
+            "reported now are not billed)",
+            admission.request_id,
+            bill.tokens.total,
+        )
     _drainer.note(admission.tenant_id)
 
 
@@ -421,8 +592,10 @@ class _Drainer:
     """Moves this process's settled usage into the database, off the response path.
 
     Every proxy process runs one (PROXY_LEDGER_WORKER); `manage.py usage_worker` is the
-    same loop as a process of its own. A full scan now and then picks up what crashed or
-    stopped processes left behind, and rows written while Redis was down.
+    same loop as a process of its own. Each pass first sweeps the tenants it drains (their
+    expired requests are billed as lost); a full scan every 30 s sweeps and drains every
+    tenant, which picks up what crashed or stopped processes left behind, and rows written
+    while Redis was down.
     """
 
     def __init__(self) -> None:
@@ -456,11 +629,13 @@ class _Drainer:
 def _drain_once(tenants: set[int], full: bool) -> None:
     client = counters.sync_client()
     for tenant_id in tenants:
+        sweep_tenant(client, tenant_id)
         try:
             drain_tenant(client, tenant_id)
         except LockBusy:
             continue  # another process holds it: it is draining this tenant right now
     if full:
+        sweep_all(client)
         drain_all(client)
         reconcile(client)
 

@@ -14,6 +14,8 @@ class UsageRecord(models.Model):
         CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
         UPSTREAM_ERROR = "upstream_error", "Upstream error"
         UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
+        # Its worker died before settling: billed by the lost-request policy (usage/limits.py).
+        LOST = "lost", "Worker lost"
 
     request_id = models.CharField(max_length=64, unique=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
@@ -32,6 +34,11 @@ class UsageRecord(models.Model):
     output_tokens = models.PositiveBigIntegerField(default=0)
     usage_reported = models.BooleanField(
         default=True, help_text="False when the counts are the proxy's own (stream cut short)."
+    )
+    usage_invalid = models.BooleanField(
+        default=False,
+        help_text="The provider's usage figures were impossible (negative, huge, not integers, "
+        "missing); the proxy's estimate was billed.",
     )
     cost_usd = models.DecimalField(max_digits=20, decimal_places=9, default=0)
     status = models.CharField(max_length=32, choices=Status.choices)

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import core.redis
 from usage import counters
-from usage.ledger import drain_all, reconcile
+from usage.ledger import drain_all, reconcile, sweep_all
 
 # The counters are only shared through Redis: without it they live inside each process.
 EMBEDDED_STORE = (
@@ -21,7 +21,8 @@ EMBEDDED_STORE = (
 
 class Command(BaseCommand):
     help = (
-        "Move settled usage from Redis into the database ledger, and add rows written while "
+        "Move settled usage from Redis into the database ledger (first billing requests whose "
+        "worker died, their lease run out, as lost), and add rows written while "
         "Redis was down to the counters. Every proxy process does this too (PROXY_LEDGER_WORKER);"
         " run this when that is turned off, or to drain what stopped processes left."
     )
@@ -45,9 +46,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         client = counters.sync_client()
         while True:
+            lost = sweep_all(client)
             moved, reconciled = drain_all(client), reconcile(client)
-            if moved or reconciled or once:
-                self.stdout.write(f"{moved} ledger entries stored, {reconciled} rows reconciled.")
+            if moved or reconciled or lost or once:
+                dead = f" ({lost} of them requests of dead workers, lost)" if lost else ""
+                self.stdout.write(
+                    f"{moved} ledger entries stored{dead}, {reconciled} rows reconciled."
+                )
             if once or stopping:
                 return
             time.sleep(interval)
