@@ -14,6 +14,8 @@ import weakref
 import httpx
 from django.conf import settings
 
+from core.decoding import ACCEPT_ENCODING
+
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
     weakref.WeakKeyDictionary()
 )
@@ -34,7 +36,8 @@ def upstream_client() -> httpx.AsyncClient:
             follow_redirects=False,
             # Proxies from the environment are an operator's choice, not a default.
             trust_env=False,
-            headers={"user-agent": "llm-proxy"},
+            # Only the encodings core/decoding.py inflates within bounds (why: see there).
+            headers={"user-agent": "llm-proxy", "accept-encoding": ACCEPT_ENCODING},
         )
         _clients[loop] = client
     return client

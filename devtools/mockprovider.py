@@ -81,7 +81,7 @@ MODEL_LIST = {
 }
 FAULT_ACTIONS = frozenset(
     {"status", "delay_headers", "break_after", "drip", "echo_key", "echo_key_in_answer",
-     "stream_error"}
+     "stream_error", "usage", "garbage_line", "prefer_max_tokens"}
 )  # fmt: skip
 MATCH_KEYS = frozenset({"api_key", "model", "api"})
 
@@ -194,8 +194,11 @@ def _parse_fault(rule: Any) -> Fault:
             raise ConfigError("status fault headers must be an object")
     elif kind == "delay_headers":
         _seconds(action, "seconds")
-    elif kind in ("break_after", "stream_error"):
+    elif kind in ("break_after", "stream_error", "garbage_line"):
         _count(action, "chunks")
+    elif kind == "usage":
+        if "usage" not in action or not isinstance(action["usage"], dict | None):
+            raise ConfigError("a usage fault needs usage: an object or null")
     elif kind == "drip":
         if _seconds(action, "interval") <= 0:
             raise ConfigError("drip interval must be positive")
@@ -363,6 +366,10 @@ class _Plan:
     break_at: int | None = None
     error_at: int | None = None  # a stream's provider error event after this many pieces
     error_message: str = ""
+    garbage_at: int | None = None  # a stream's data line that is not JSON, after this many
+    # The usage object the reply reports instead of its true counts; None: no usage at all.
+    usage_override: dict[str, Any] | None = None
+    usage_replaced: bool = False
 
 
 class MockProvider:
@@ -399,7 +406,14 @@ class MockProvider:
         - ``{"type": "echo_key_in_answer"}``: a normal 200 answer whose first piece quotes the
           request's API key (as a provider quoting it in an error-like text would);
         - ``{"type": "stream_error", "chunks": K}``: a stream of K pieces, then the API's own
-          mid-stream error event quoting the request's API key, and the end of the body.
+          mid-stream error event quoting the request's API key, and the end of the body;
+        - ``{"type": "usage", "usage": {...} | null}``: the reply (and a stream's usage
+          event) reports this usage object instead of the true one, in the API's own field
+          names (``prompt_tokens``... or ``input_tokens``...), or none at all for null;
+        - ``{"type": "garbage_line", "chunks": K}``: a stream of K pieces, then a data line
+          that is not JSON, then the rest of the stream as usual;
+        - ``{"type": "prefer_max_tokens"}``: an OpenAI call keeps to ``max_tokens`` even when
+          ``max_completion_tokens`` is set (as some OpenAI-compatible servers do).
         """
         unknown = set(changes) - {"chunks", "chunk_delay", "ttft", "text", "faults"}
         if unknown:
@@ -587,6 +601,20 @@ class MockProvider:
             plan.error_at = action["chunks"]
             plan.error_message = f"Rate limit reached for key {call.record['api_key']}."
             return False
+        elif kind == "usage":
+            plan.usage_override, plan.usage_replaced = action["usage"], True
+            return False
+        elif kind == "garbage_line":
+            plan.garbage_at = action["chunks"]
+            return False
+        elif kind == "prefer_max_tokens":
+            limit = call.record["body"].get("max_tokens")
+            if call.api == "openai" and isinstance(limit, int) and not isinstance(limit, bool):
+                text = self.config.text or DEFAULT_TEXT
+                count = min(self.config.chunks, limit)
+                plan.pieces = [text[i % len(text)] for i in range(count)]
+                plan.truncated = count < self.config.chunks
+            return False
         else:  # break_after: the normal reply, cut short
             plan.break_at = action["chunks"]
             return False
@@ -690,6 +718,8 @@ class MockProvider:
             if index == plan.error_at:
                 await call.body(_stream_error_frame(call.api, plan.error_message), more=False)
                 return
+            if index == plan.garbage_at:
+                await call.body(b"data: <html>upstream proxy error</html>\n\n")
             if await call.pause(plan.ttft if index == 0 else plan.chunk_delay):
                 return
             await call.piece(frames.piece(piece), piece)
@@ -728,7 +758,7 @@ async def _send_json(send: Send, status: int, payload: Any) -> None:
 
 def _openai_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
     completion = len(plan.pieces)
-    return {
+    reply = {
         "id": reply_id,
         "object": "chat.completion",
         "created": int(time.time()),
@@ -754,6 +784,17 @@ def _openai_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
         "service_tier": "default",
         "system_fingerprint": "fp_mock",
     }
+    return _with_usage(reply, plan)
+
+
+def _with_usage(reply: dict[str, Any], plan: _Plan, key: str = "usage") -> dict[str, Any]:
+    """``reply`` with a usage fault's figures (or no usage at all) in place of the true ones."""
+    if plan.usage_replaced:
+        if plan.usage_override is None:
+            reply.pop(key, None)
+        else:
+            reply[key] = plan.usage_override
+    return reply
 
 
 def _anthropic_usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
@@ -766,7 +807,7 @@ def _anthropic_usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
 
 
 def _anthropic_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
-    return {
+    reply = {
         "id": reply_id,
         "type": "message",
         "role": "assistant",
@@ -776,6 +817,7 @@ def _anthropic_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": _anthropic_usage(plan.prompt_tokens, len(plan.pieces)),
     }
+    return _with_usage(reply, plan)
 
 
 class _Frames(Protocol):
@@ -824,7 +866,8 @@ class _OpenAIFrames:
                 "completion_tokens": completion,
                 "total_tokens": plan.prompt_tokens + completion,
             }
-            frames.append(b"data: " + _json({**self.head, "choices": [], "usage": usage}) + b"\n\n")
+            chunk = _with_usage({**self.head, "choices": [], "usage": usage}, plan)
+            frames.append(b"data: " + _json(chunk) + b"\n\n")
         frames.append(b"data: [DONE]\n\n")
         return frames
 
@@ -871,6 +914,7 @@ class _AnthropicFrames:
             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
             "usage": {"output_tokens": len(self.plan.pieces)},
         }
+        _with_usage(message_delta, self.plan)
         return [
             _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
             _sse("message_delta", message_delta),

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
 
@@ -32,14 +33,17 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
+from core.decoding import aread_capped, decoded
 from core.errors import ProxyError
 from routing.codecs.base import Call, ClientCodec, StreamTranslator, Usage
 from routing.context import Route, TenantContext, aauthenticate
+from routing.redaction import redact_error
 from routing.sse import SSEParser
 from routing.upstream import Attempt, Opened, aopen
 from usage.bill import Bill, Tokens
 from usage.limits import Admission, aadmit, asettle, estimate
 from usage.models import UsageRecord
+from usage.weeks import week_of
 
 logger = logging.getLogger(__name__)
 
@@ -101,23 +105,54 @@ async def _ajourney(
             f"{settings.PROXY_MAX_REQUEST_TOKENS}; lower max_tokens or shorten the prompt.",
             code="request_too_large",
         )
+    now = timezone.now()
+    first = Attempt(route=routes[0], key=routes[0].provider.keys[0])
+    # The ledger row this request gets should its worker die before settling it (stored with
+    # the reservation, billed by usage's lost-request policy, refreshed from progress below).
+    pending = _bill(
+        request_id=request_id,
+        context=context,
+        attempt=first,
+        stream=call.stream,
+        tokens=Tokens(input=tokens - max_tokens * call.completions),
+        status=Status.LOST,
+        http_status=0,
+        latency_ms=0,
+        created_at=now,
+        week=week_of(now).id,
+    )
     admission = await aadmit(
         account=context,
         request_id=request_id,
         tokens=tokens,
         nanos=nanos,
-        now=timezone.now(),
+        now=now,
         max_tokens=max_tokens,
         completions=call.completions,
+        pending=pending,
     )
     headers.update(admission.headers)
     meter = Meter(
         admission=admission,
         context=context,
-        attempt=Attempt(route=routes[0], key=routes[0].provider.keys[0]),
+        attempt=first,
         stream=call.stream,
         prompt_estimate=tokens - max_tokens * call.completions,
+        allowance=max_tokens * call.completions,
     )
+
+    def progress() -> Tokens:
+        # Read by the lease heartbeat: what the request has produced so far, the provider's
+        # counts where it gave them, else one token per content delta (as for a cut stream).
+        translator = meter.translator
+        if translator is None:
+            return Tokens(input=meter.usage.input_tokens, output=meter.usage.output_tokens)
+        usage = translator.usage
+        return Tokens(
+            input=usage.input_tokens, output=max(usage.output_tokens, translator.content_deltas)
+        )
+
+    admission.progress = progress
     exchange = _aexchange(meter, call=call, codec=codec, routes=routes, max_tokens=max_tokens)
     # Up to the first item, failures are raised here (already billed): the client gets an
     # HTTP error. After it, they end the stream with an error event instead.
@@ -164,9 +199,11 @@ class Meter:
         attempt: Attempt,
         stream: bool,
         prompt_estimate: int,
+        allowance: int,
     ) -> None:
         self.admission, self.context, self.attempt = admission, context, attempt
         self.stream, self.prompt_estimate = stream, prompt_estimate
+        self.allowance = allowance  # output tokens the provider was allowed (max_tokens * n)
         self.usage = Usage()
         self.translator: StreamTranslator | None = None
         self.status: str = Status.OK
@@ -206,27 +243,46 @@ class Meter:
         else:
             self.status, self.http_status = Status.UPSTREAM_ERROR, 500
 
+    def billed_usage(self) -> Usage:
+        """What the request is billed: the provider's figures when they are possible.
+
+        The proxy's own estimate stands in for figures the provider never gave (a stream cut
+        short) or gave wrong (negative, not integers, absurd, more output than the limit
+        sent, missing from a whole answer): the prompt estimate, and the output it produced
+        by the proxy's count (content deltas of a stream, the text of an answer).
+        """
+        translator = self.translator
+        usage = self.usage if translator is None else translator.usage
+        produced = usage.output_estimate if translator is None else translator.content_deltas
+        if translator is not None and translator.complete and not usage.reported:
+            usage.invalid = True  # a whole stream whose usage never came
+        if usage.reported and usage.output_tokens > self.allowance:
+            usage.invalid = True  # the provider cannot write past the limit it was sent
+        if usage.invalid:
+            logger.warning(
+                "%s: the provider's usage figures are impossible; billing the proxy's estimate",
+                self.request_id,
+            )
+            return Usage(
+                input_tokens=self.prompt_estimate,
+                output_tokens=min(produced, self.allowance),
+                invalid=True,
+            )
+        if translator is not None and not usage.reported:
+            # Cut short: providers stream about one token per content delta, and the prompt
+            # estimate stands in where the provider never said (OpenAI-style APIs report
+            # usage only at the end).
+            usage.output_tokens = max(usage.output_tokens, translator.content_deltas)
+            if usage.input_tokens == 0 and translator.content_deltas:
+                usage.input_tokens = self.prompt_estimate
+        return usage
+
     def bill(self) -> Bill:
-        usage = self.usage
-        if self.translator is not None:
-            usage = self.translator.usage
-            if not usage.reported:
-                # Cut short: providers stream about one token per content delta, and the
-                # prompt estimate stands in where the provider never said (OpenAI-style
-                # APIs report usage only at the end).
-                usage.output_tokens = max(usage.output_tokens, self.translator.content_deltas)
-                if usage.input_tokens == 0 and self.translator.content_deltas:
-                    usage.input_tokens = self.prompt_estimate
-        route, key = self.attempt.route, self.attempt.key
-        return Bill(
+        usage = self.billed_usage()
+        return _bill(
             request_id=self.request_id,
-            tenant_id=self.context.tenant_id,
-            tier_id=self.context.tier_id,
-            route_id=route.id,
-            provider_key_id=key.id,
-            model=route.model,
-            provider_slug=route.provider.slug,
-            upstream_model=route.upstream_model,
+            context=self.context,
+            attempt=self.attempt,
             stream=self.stream,
             tokens=Tokens(
                 input=usage.input_tokens,
@@ -235,11 +291,10 @@ class Meter:
                 cache_write=usage.cache_write_tokens,
                 reasoning=usage.reasoning_tokens,
                 reported=usage.reported,
+                invalid=usage.invalid,
             ),
-            price=route.price,
             status=self.status,
             http_status=self.http_status,
-            attempts=self.attempt.count,
             latency_ms=int((time.monotonic() - self.started) * 1000),
             created_at=self.created_at,
             week=self.admission.week.id,
@@ -250,6 +305,42 @@ class Meter:
             return
         self.settled = True
         await asettle(self.admission, self.bill())
+
+
+def _bill(
+    *,
+    request_id: str,
+    context: TenantContext,
+    attempt: Attempt,
+    stream: bool,
+    tokens: Tokens,
+    status: str,
+    http_status: int,
+    latency_ms: int,
+    created_at: datetime,
+    week: str,
+) -> Bill:
+    """A request's bill, charged to the route and key of its (latest) attempt."""
+    route, key = attempt.route, attempt.key
+    return Bill(
+        request_id=request_id,
+        tenant_id=context.tenant_id,
+        tier_id=context.tier_id,
+        route_id=route.id,
+        provider_key_id=key.id,
+        model=route.model,
+        provider_slug=route.provider.slug,
+        upstream_model=route.upstream_model,
+        stream=stream,
+        tokens=tokens,
+        price=route.price,
+        status=status,
+        http_status=http_status,
+        attempts=attempt.count,
+        latency_ms=latency_ms,
+        created_at=created_at,
+        week=week,
+    )
 
 
 async def _aexchange(
@@ -341,7 +432,9 @@ async def _aread_answer(opened: Opened, *, call: Call, meter: Meter, deadline: f
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
-            raw = await opened.response.aread()
+            # Decoded step by step and refused past the cap (core/decoding.py): a gzip bomb
+            # or a 50 MB body costs the worker at most PROXY_MAX_ANSWER_BYTES.
+            raw = await aread_capped(opened.response, limit=settings.PROXY_MAX_ANSWER_BYTES)
     except (TimeoutError, httpx.TimeoutException):
         raise ProxyError(
             504, "The provider's answer took too long.", code="upstream_timeout"
@@ -374,8 +467,8 @@ async def _arelay(
     """
     route = opened.route
     translator = meter.translator = opened.codec.stream(route=route, call=call)
-    parser = SSEParser()
-    chunks = opened.response.aiter_bytes()
+    parser = SSEParser(max_event_bytes=settings.PROXY_MAX_EVENT_BYTES)
+    chunks = decoded(opened.response)
     loop = asyncio.get_running_loop()
     idle = route.provider.idle_timeout
     content_by = time.monotonic() + idle
@@ -393,10 +486,13 @@ async def _arelay(
             break
         except httpx.HTTPError:
             break  # the provider broke off: reported just below
-        events = parser.feed(chunk)
-        if any(event.data is not None for event in events):
-            content_by = time.monotonic() + idle
+        except ProxyError as error:
+            failure = error  # a body that does not decode
+            break
         try:
+            events = parser.feed(chunk)  # ProxyError past PROXY_MAX_EVENT_BYTES
+            if any(event.data is not None for event in events):
+                content_by = time.monotonic() + idle
             out = b"".join(translator.feed(event) for event in events)
         except ProxyError as error:
             failure = error
@@ -417,7 +513,8 @@ async def _arelay(
         failure = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
     if failure is not None:
         meter.record_failure(failure)
-        yield codec.stream_error(failure)
+        # The provider's words may be in it (its own error event): nothing of the set-up.
+        yield codec.stream_error(redact_error(failure, route=route, key=opened.key))
 
 
 class EventStream:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.decoding import too_large
+
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
@@ -36,17 +38,41 @@ def _parse(block: bytes) -> tuple[str | None, str | None]:
 
 
 class SSEParser:
-    def __init__(self) -> None:
-        self._buffer = b""
+    """Events out of a provider's bytes, however they are cut.
+
+    An event still incomplete is held as the pieces it came in, joined once when its end
+    arrives: a long event (a 20 MB line) costs its size once, not once per chunk. What is
+    held may not grow past ``max_event_bytes`` (None: no limit), ProxyError(502) instead; so
+    no event is longer than that plus the one chunk that ends it.
+    """
+
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._held: list[bytes] = []  # the start of an event, as it came
+        self._held_bytes = 0
+        self._cr = False  # the last chunk ended with a \r, whose \n may begin the next
+        self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
+        if self._cr or b"\r" in chunk:
             # Rare (CRLF framing); normalise so one rule finds event boundaries. A \r that
             # ends the chunk waits: the next chunk may begin with its \n.
-            held = buffer.endswith(b"\r")
-            body = (buffer[:-1] if held else buffer).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            buffer = body + b"\r" if held else body
+            if self._cr:
+                chunk = b"\r" + chunk
+            self._cr = chunk.endswith(b"\r")
+            if self._cr:
+                chunk = chunk[:-1]
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not chunk:
+            return []
+        held = self._held
+        if held and b"\n\n" not in chunk and not (held[-1][-1:] == b"\n" == chunk[:1]):
+            # Still inside the held event: no boundary here, nor across the cut.
+            held.append(chunk)
+            self._held_bytes += len(chunk)
+            if self._max is not None and self._held_bytes > self._max:
+                raise too_large("an event", self._max)
+            return []
+        buffer = b"".join([*held, chunk]) if held else chunk
         events: list[SSEEvent] = []
         start = 0
         while True:
@@ -57,5 +83,9 @@ class SSEParser:
             event, data = _parse(block)
             events.append(SSEEvent(block, event, data))
             start = end + 2
-        self._buffer = buffer[start:]
+        rest = buffer[start:]
+        self._held = [rest] if rest else []
+        self._held_bytes = len(rest)
+        if self._max is not None and self._held_bytes > self._max:
+            raise too_large("an event", self._max)
         return events

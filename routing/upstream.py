@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from core.decoding import aread_capped, content_encoding
 from core.errors import ProxyError
 from core.http import upstream_client
 from routing.codecs.base import (
@@ -30,9 +31,10 @@ from routing.codecs.base import (
 )
 from routing.context import PooledKey, Route
 from routing.health import key_health
+from routing.redaction import redact
 
 # An error body is read for its message only; a provider that answers an error with
-# megabytes is cut here.
+# megabytes, or with a gzip bomb, is cut here (after decoding: core/decoding.py).
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -87,15 +89,6 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds is not None and 0 < seconds <= 3600 else None
 
 
-async def _read_error_body(response: httpx.Response) -> bytes:
-    body = b""
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) >= _MAX_ERROR_BODY:
-            break
-    return body[:_MAX_ERROR_BODY]
-
-
 async def asend_once(
     *,
     route: Route,
@@ -138,12 +131,20 @@ async def asend_once(
             )
         ) from None
     if response.status_code < 300:
+        try:
+            # Refused before a byte of it is read (or a stream opened to the client): an
+            # encoding the proxy never asked for and cannot decode within bounds. Another
+            # route may answer properly.
+            content_encoding(response.headers)
+        except ProxyError as error:
+            await response.aclose()
+            raise UpstreamError(error) from None
         return response
     try:
         async with asyncio.timeout(min(5.0, max(0.1, deadline - time.monotonic()))):
-            raw = await _read_error_body(response)
-    except (httpx.HTTPError, TimeoutError):
-        raw = b""
+            raw = await aread_capped(response, limit=_MAX_ERROR_BODY, truncate=True)
+    except (httpx.HTTPError, TimeoutError, ProxyError):
+        raw = b""  # no message then: the status still says what happened
     finally:
         await response.aclose()
     message = error_message_of(raw)
@@ -151,8 +152,9 @@ async def asend_once(
     raise UpstreamError(
         upstream_error(
             status=response.status_code,
-            # A provider may echo the key it was sent in its error text: never pass that on.
-            message=key.auth.scrub(message)[:500] if message else None,
+            # A provider may echo the key it was sent, or name its address, the key or the
+            # upstream model, in its error text: never pass that on.
+            message=redact(message, route=route, key=key)[:500] if message else None,
             retry_after=retry_after,
         ),
         upstream_status=response.status_code,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
@@ -126,6 +127,11 @@ def translate(translator: StreamTranslator, raw: bytes, *, piece: int = 64) -> b
             out += translator.feed(event)
     assert seen == raw  # every event was complete, and fed
     return out
+
+
+def public(raw: bytes) -> bytes:
+    """A provider's stream as the tenant sees it: every chunk names the model it asked for."""
+    return re.sub(rb'"model":"[^"]*"', b'"model":"auto"', raw)
 
 
 def data_of(stream: bytes) -> list[str]:
@@ -434,46 +440,111 @@ def test_it_always_asks_for_usage_on_a_stream(
 
 
 @pytest.mark.parametrize(
-    ("limit", "sent"),
+    ("limit", "reserved", "sent"),
     [
-        ({}, {"max_tokens": ALLOWANCE}),
-        ({"max_tokens": 50}, {"max_tokens": 50}),
-        ({"max_completion_tokens": 50}, {"max_completion_tokens": 50}),
+        ({}, ALLOWANCE, {"max_tokens": ALLOWANCE}),
+        ({"max_tokens": 50}, 50, {"max_tokens": 50}),
+        ({"max_completion_tokens": 50}, 50, {"max_completion_tokens": 50}),
+        # Two limits: the smaller binds, and the provider gets it in both fields, so one
+        # that honours either writes no more than the reservation holds.
+        (
+            {"max_completion_tokens": 10, "max_tokens": 8000},
+            10,
+            {"max_completion_tokens": 10, "max_tokens": 10},
+        ),
+        (
+            {"max_completion_tokens": 8000, "max_tokens": 10},
+            10,
+            {"max_completion_tokens": 10, "max_tokens": 10},
+        ),
     ],
 )
-def test_it_sets_max_tokens_only_when_the_client_named_no_limit(
-    openai_route: Route, limit: dict[str, int], sent: dict[str, int]
+def test_it_sends_exactly_the_limit_it_reserved(
+    openai_route: Route, limit: dict[str, int], reserved: int, sent: dict[str, int]
 ) -> None:
     call = chat(**limit)
-    request = OpenAIPassthrough().build(route=openai_route, call=call, max_tokens=ALLOWANCE)
+    max_tokens = call.max_tokens or ALLOWANCE  # as the pipeline reserves it
+    assert max_tokens == reserved
+    request = OpenAIPassthrough().build(route=openai_route, call=call, max_tokens=max_tokens)
     got = {k: v for k, v in request.payload.items() if k in ("max_tokens", "max_completion_tokens")}
     assert got == sent
 
 
-def test_it_returns_a_completion_byte_for_byte_with_its_usage(openai_route: Route) -> None:
+def test_it_returns_a_completion_as_sent_but_for_the_model_name(openai_route: Route) -> None:
     raw = wire("openai_chat_completion.json")
     body, usage = OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw)
+    # The tenant's name for the model, never the upstream's ("gpt-4o-2024-08-06").
+    assert json.loads(body) == {**json.loads(raw), "model": "auto"}
+    assert b"gpt-4o" not in body
+    assert (usage.input_tokens, usage.output_tokens, usage.reported) == (24, 11, True)
+    assert usage.invalid is False
+
+
+def test_it_returns_a_completion_byte_for_byte_when_the_names_agree() -> None:
+    route = make_route("openai", base_url="https://api.openai.com/v1", upstream_model="auto")
+    raw = wire("openai_chat_completion.json").replace(b"gpt-4o-2024-08-06", b"auto")
+    body, _ = OpenAIPassthrough().completion(route=route, call=chat(), raw=raw)
     assert body == raw
-    assert usage == Usage(input_tokens=24, output_tokens=11, reported=True)
 
 
 def test_it_reads_usage_moonshot_puts_inside_the_choice(openai_route: Route) -> None:
     answer = json.loads(wire("openai_chat_completion.json"))
     answer["choices"][0]["usage"] = answer.pop("usage")
     raw = json.dumps(answer).encode()
-    body, usage = OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw)
-    assert body == raw
-    assert usage == Usage(input_tokens=24, output_tokens=11, reported=True)
+    _, usage = OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw)
+    assert (usage.input_tokens, usage.output_tokens, usage.reported) == (24, 11, True)
 
 
-def test_it_reports_no_usage_for_a_completion_that_has_none(openai_route: Route) -> None:
+def test_it_flags_a_completion_that_has_no_usage(openai_route: Route) -> None:
     answer = json.loads(wire("openai_chat_completion.json"))
     del answer["usage"]
     raw = json.dumps(answer).encode()
-    assert OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw) == (
-        raw,
-        Usage(),
+    _, usage = OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw)
+    assert (usage.invalid, usage.reported) == (True, False)
+    # Its text, estimated as prompts are: what the proxy bills instead.
+    content = answer["choices"][0]["message"]["content"]
+    assert usage.output_estimate == -(-len(content.encode()) // 3)
+
+
+@pytest.mark.parametrize(
+    "figures",
+    [
+        {"prompt_tokens": -1, "completion_tokens": 11},
+        {"prompt_tokens": 24, "completion_tokens": 10**20},
+        {"prompt_tokens": 24.0, "completion_tokens": 11},
+        {"prompt_tokens": "24", "completion_tokens": 11},
+        {"prompt_tokens": True, "completion_tokens": 11},
+        {"prompt_tokens": 24},
+        {
+            "prompt_tokens": 24,
+            "completion_tokens": 11,
+            "prompt_tokens_details": {"cached_tokens": -3},
+        },
+    ],
+)
+def test_it_flags_impossible_usage_figures(openai_route: Route, figures: dict[str, Any]) -> None:
+    answer = json.loads(wire("openai_chat_completion.json"))
+    answer["usage"] = figures
+    _, usage = OpenAIPassthrough().completion(
+        route=openai_route, call=chat(), raw=json.dumps(answer).encode()
     )
+    assert (usage.invalid, usage.reported) == (True, False)
+
+
+def test_it_refuses_a_stream_event_that_is_not_json(openai_route: Route) -> None:
+    translator = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
+    with pytest.raises(ProxyError) as caught:
+        translate(translator, b"data: <html>502 Bad Gateway</html>\n\n")
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+
+
+def test_it_ends_a_stream_on_the_providers_error_event(openai_route: Route) -> None:
+    translator = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
+    event = b'data: {"error": {"message": "Rate limit reached", "type": "requests"}}\n\n'
+    with pytest.raises(ProxyError) as caught:
+        translate(translator, event)
+    assert caught.value.message == "The provider failed mid-stream: Rate limit reached"
+    assert translator.complete is False
 
 
 @pytest.mark.parametrize("raw", [b"", b"<html>502 Bad Gateway</html>", b'{"choices": ['])
@@ -490,7 +561,7 @@ def test_it_strips_the_usage_it_asked_for_from_a_client_that_did_not(openai_rout
     # What the client would have had from OpenAI without include_usage:
     assert raw.replace(usage_chunk, b"").replace(b',"usage":null', b"") == expected
     translator = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
-    assert translate(translator, raw) == expected
+    assert translate(translator, raw) == public(expected)
     assert translator.usage == Usage(input_tokens=24, output_tokens=11, reported=True)
     assert translator.content_deltas == 11
     assert translator.complete is True
@@ -502,7 +573,7 @@ def test_it_passes_the_stream_unchanged_to_a_client_that_asked_for_usage(
     call = chat(stream=True, stream_options={"include_usage": True})
     translator = OpenAIPassthrough().stream(route=openai_route, call=call)
     raw = wire("openai_chat_stream.sse")
-    assert translate(translator, raw) == raw
+    assert translate(translator, raw) == public(raw)
     assert translator.usage == Usage(input_tokens=24, output_tokens=11, reported=True)
     assert translator.content_deltas == 11
     assert translator.complete is True
@@ -517,7 +588,8 @@ def test_it_reads_moonshot_usage_from_the_last_choice_of_a_stream(
     call = chat(stream=True, stream_options={"include_usage": include_usage})
     translator = OpenAIPassthrough().stream(route=openai_route, call=call)
     raw = wire("moonshot_chat_stream.sse")
-    assert translate(translator, raw, piece=5) == raw  # nothing to strip: Moonshot added nothing
+    # Nothing to strip (Moonshot added nothing); only the model is the tenant's.
+    assert translate(translator, raw, piece=5) == public(raw)
     assert translator.usage == Usage(input_tokens=21, output_tokens=6, reported=True)
     assert translator.content_deltas == 5
     assert translator.complete is True
@@ -696,7 +768,7 @@ def test_it_answers_an_anthropic_message_as_a_chat_completion(anthropic_route: R
     completion = ChatCompletion.model_validate_json(body)
     assert completion.id == "chatcmpl-msg_01HqV3xNf7Kd2WbYc9TzR8Lm"
     assert completion.object == "chat.completion"
-    assert completion.model == "claude-sonnet-4-5-20250929"
+    assert completion.model == "auto"  # the tenant's name, never the upstream's
     assert len(completion.choices) == 1
     choice = completion.choices[0]
     assert (choice.index, choice.finish_reason) == (0, "stop")
@@ -714,6 +786,7 @@ def test_it_answers_an_anthropic_message_as_a_chat_completion(anthropic_route: R
         cache_read_tokens=1536,
         cache_write_tokens=188,
         reported=True,
+        output_estimate=-(-len(ANSWER.encode()) // 3),
     )
 
 
@@ -740,14 +813,15 @@ def test_it_maps_stop_reasons_to_finish_reasons(
     assert ChatCompletion.model_validate_json(body).choices[0].finish_reason == finish_reason
 
 
-def test_it_reports_no_usage_for_an_anthropic_answer_that_has_none(
+def test_it_flags_an_anthropic_answer_that_has_no_usage(
     anthropic_route: Route,
 ) -> None:
     message = json.loads(wire("anthropic_message.json"))
     del message["usage"]
     raw = json.dumps(message).encode()
     _, usage = AnthropicFromChat().completion(route=anthropic_route, call=chat(), raw=raw)
-    assert usage == Usage()
+    assert (usage.invalid, usage.reported) == (True, False)
+    assert usage.output_estimate > 0
 
 
 @pytest.mark.parametrize(
@@ -767,7 +841,7 @@ def test_it_streams_an_anthropic_answer_as_chat_completion_chunks(
     translator = AnthropicFromChat().stream(route=anthropic_route, call=chat(stream=True))
     chunks = chunks_of(translate(translator, wire("anthropic_stream.sse")))
     assert {chunk["id"] for chunk in chunks} == {"chatcmpl-msg_01Sd8QwXe4Rt6YuJk2NbVc7P"}
-    assert {chunk["model"] for chunk in chunks} == {"claude-sonnet-4-5-20250929"}
+    assert {chunk["model"] for chunk in chunks} == {"auto"}  # the tenant's name
     assert len({chunk["created"] for chunk in chunks}) == 1
     assert all("usage" not in chunk for chunk in chunks)  # the client did not ask for it
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -839,22 +913,21 @@ def test_it_translates_the_same_however_the_stream_is_cut(anthropic_route: Route
         assert chunks(piece) == whole
 
 
-def test_it_ends_an_overloaded_stream_with_an_openai_error_event(anthropic_route: Route) -> None:
+def test_it_ends_an_overloaded_stream_as_failed(anthropic_route: Route) -> None:
     call = chat(stream=True, stream_options={"include_usage": True})
     translator = AnthropicFromChat().stream(route=anthropic_route, call=call)
-    *answer, error = data_of(translate(translator, wire("anthropic_stream_overloaded.sse")))
-    chunks = [json.loads(data) for data in answer]
+    out = b""
+    with pytest.raises(ProxyError) as caught:
+        for event in events_of(wire("anthropic_stream_overloaded.sse")):
+            out += translator.feed(event)
+    chunks = [json.loads(data) for data in data_of(out)]
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk)
     assert text_deltas(chunks) == ["The capital", " of France"]
-    assert json.loads(error) == {
-        "error": {
-            "message": "Overloaded",
-            "type": "overloaded_error",
-            "param": None,
-            "code": "upstream_error",
-        }
-    }
+    # The pipeline ends the stream with this as its one error event (tests/test_secrets.py).
+    failure = caught.value
+    assert (failure.status, failure.code) == (502, "upstream_error")
+    assert failure.message == "The provider failed mid-stream: Overloaded"
     assert translator.complete is False  # no message_stop: the stream broke off
     assert translator.usage.reported is False  # the proxy bills from content_deltas
     assert translator.usage.input_tokens == 1745  # message_start's count stands

@@ -175,3 +175,58 @@ def test_it_removes_a_key_the_provider_quotes_in_an_answer(
     assert "[redacted]" in seen
     for secret in world.secrets.values():
         assert secret not in seen
+
+
+def test_it_never_names_the_providers_address_key_or_model_to_a_client(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    token = world.token(world.alice)
+    seen = []
+    routes = (
+        ("auto", "kimi-k2", world.moonshot.base_url, world.secrets["moonshot"]),
+        ("claude-haiku", "claude-3-5-haiku", world.anthropic.base_url, world.secrets["anthropic"]),
+    )
+    for model, upstream, base_url, key in routes:
+        # A provider's 404 that names everything about the set-up behind the tier.
+        told = (
+            f"The model `{upstream}` does not exist or key pool-1 has no access to it "
+            f"(served by {base_url}; key {key})."
+        )
+        body: dict[str, object] = {"error": {"message": told, "type": "invalid_request_error"}}
+        if model == "claude-haiku":
+            body = {"type": "error", "error": {"type": "not_found_error", "message": told}}
+        mock.configure(faults=[{"action": {"type": "status", "status": 404, "body": body}}])
+        for stream in (False, True):
+            seen.append(exchange(proxy, token, model, stream))
+        mock.configure(faults=[])
+        # Answers: the model is the tenant's name for it, as asked.
+        for stream in (False, True):
+            seen.append(exchange(proxy, token, model, stream))
+    assert mock.calls() == 8
+    assert sum("does not exist" in s for s in seen) == 4  # the provider's message is kept
+    assert sum('"model":"auto"' in s.replace(" ", "") for s in seen) == 2
+    assert sum('"model":"claude-haiku"' in s.replace(" ", "") for s in seen) == 2
+    for text in (
+        "kimi-k2",
+        "claude-3-5-haiku",
+        "pool-1",
+        world.moonshot.base_url,
+        world.anthropic.base_url,
+        "127.0.0.1:",
+        *world.secrets.values(),
+    ):
+        assert not [s for s in seen if text in s], text
+
+
+@pytest.mark.parametrize("model", ["auto", "claude-haiku"])
+def test_it_ends_a_stream_the_provider_failed_with_one_clean_error_event(
+    proxy: LiveProxy, world: World, mock: MockServer, model: str
+) -> None:
+    mock.configure(faults=[{"action": {"type": "stream_error", "chunks": 2}, "times": 1}])
+    seen = exchange(proxy, world.token(world.alice), model, True)
+    errors = [line for line in seen.splitlines() if line.startswith("data:") and '"error"' in line]
+    assert len(errors) == 1, seen
+    assert "Rate limit reached for key [redacted]" in errors[0]
+    assert "[DONE]" not in seen
+    for secret in world.secrets.values():
+        assert secret not in seen

@@ -77,6 +77,7 @@ def make_meter() -> Meter:
         attempt=Attempt(route=route, key=key),
         stream=True,
         prompt_estimate=10,
+        allowance=100,
     )
 
 

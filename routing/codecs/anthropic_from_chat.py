@@ -16,7 +16,16 @@ from typing import Any, NoReturn
 from django.conf import settings
 
 from core.errors import ProxyError
-from routing.codecs.base import SSE_DONE, UpstreamRequest, Usage, dumps, sse_data
+from routing.codecs.base import (
+    SSE_DONE,
+    UpstreamRequest,
+    Usage,
+    dumps,
+    estimate_tokens,
+    failed_mid_stream,
+    sse_data,
+    token_counts,
+)
 from routing.codecs.openai_chat import ChatRequest
 from routing.context import Route
 from routing.sse import SSEEvent
@@ -57,18 +66,29 @@ def _text_of(content: Any, where: str) -> str:
     return "\n".join(texts)
 
 
-def _input_tokens(usage: dict[str, Any]) -> int:
-    # Anthropic counts cached prompt tokens apart from input_tokens; all were sent.
-    return sum(
-        value
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-        if isinstance(value := usage.get(name), int)
-    )
+_CACHE_COUNTS = ("cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def _count(usage: dict[str, Any], name: str) -> int:
-    value = usage.get(name)
-    return value if isinstance(value, int) else 0
+def _read_usage(
+    usage: Any, into: Usage, *, required: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
+    """Take the counts an Anthropic usage object carries (validated) into ``into``.
+
+    Anthropic counts cached prompt tokens apart from input_tokens; all were sent, so all
+    are input. A stream's message_delta usage is cumulative: the last one is the total.
+    """
+    counts = token_counts(usage, required=required, optional=(*optional, *_CACHE_COUNTS))
+    if counts is None:
+        into.invalid = True
+        return
+    present = usage if isinstance(usage, dict) else {}
+    if "input_tokens" in present:
+        into.input_tokens = counts["input_tokens"] + sum(counts[name] for name in _CACHE_COUNTS)
+    if any(present.get(name) is not None for name in _CACHE_COUNTS):
+        into.cache_read_tokens = counts["cache_read_input_tokens"]
+        into.cache_write_tokens = counts["cache_creation_input_tokens"]
+    if "output_tokens" in present:
+        into.output_tokens = counts["output_tokens"]
 
 
 def _usage_json(usage: Usage, cached: int) -> dict[str, Any]:
@@ -88,7 +108,6 @@ class AnthropicStream:
         self.usage = Usage()
         self.content_deltas = 0
         self.complete = False
-        self._cached = 0
         self._base: dict[str, Any] = {
             "id": "chatcmpl-unknown",
             "object": "chat.completion.chunk",
@@ -120,12 +139,13 @@ class AnthropicStream:
         if kind == "message_start":
             message = data.get("message") or {}
             self._base["id"] = f"chatcmpl-{message.get('id', 'unknown')}"
-            self._base["model"] = message.get("model", self._base["model"])
-            usage = message.get("usage") or {}
-            self.usage.input_tokens = _input_tokens(usage)
-            self.usage.cache_read_tokens = _count(usage, "cache_read_input_tokens")
-            self.usage.cache_write_tokens = _count(usage, "cache_creation_input_tokens")
-            self._cached = self.usage.cache_read_tokens
+            # The model stays the tenant's name for it, whatever the provider calls it.
+            _read_usage(
+                message.get("usage"),
+                self.usage,
+                required=("input_tokens",),
+                optional=("output_tokens",),
+            )
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
@@ -134,35 +154,26 @@ class AnthropicStream:
                 return self._chunk({"content": delta["text"]})
             return b""
         if kind == "message_delta":
-            usage = data.get("usage") or {}
-            # message_delta usage is cumulative: the last one is the total, never summed.
-            if isinstance(usage.get("output_tokens"), int):
-                self.usage.output_tokens = usage["output_tokens"]
-                self.usage.reported = True
-            if isinstance(usage.get("input_tokens"), int):
-                self.usage.input_tokens = _input_tokens(usage)
+            _read_usage(
+                data.get("usage"),
+                self.usage,
+                required=("output_tokens",),
+                optional=("input_tokens",),
+            )
+            self.usage.reported = not self.usage.invalid
             stop_reason = (data.get("delta") or {}).get("stop_reason")
             return self._chunk({}, FINISH_REASONS.get(stop_reason or "", "stop"))
         if kind == "message_stop":
             self.complete = True
             out = b""
             if self.include_usage:
-                out = sse_data(
-                    {**self._base, "choices": [], "usage": _usage_json(self.usage, self._cached)}
-                )
+                usage = _usage_json(self.usage, self.usage.cache_read_tokens)
+                out = sse_data({**self._base, "choices": [], "usage": usage})
             return out + SSE_DONE
         if kind == "error":
-            error = data.get("error") or {}
-            return sse_data(
-                {
-                    "error": {
-                        "message": error.get("message", "The provider failed mid-stream."),
-                        "type": error.get("type", "upstream_error"),
-                        "param": None,
-                        "code": "upstream_error",
-                    }
-                }
-            )
+            # Ends the stream with the one error event the pipeline sends (its message
+            # cleaned of anything about the proxy's set-up), not one of ours and then another.
+            raise failed_mid_stream(data.get("error"))
         return b""  # ping, content_block_start/stop: nothing for an OpenAI client
 
 
@@ -243,16 +254,6 @@ class AnthropicFromChat:
     def completion(self, *, route: Route, call: ChatRequest, raw: bytes) -> tuple[bytes, Usage]:
         try:
             obj = json.loads(raw)
-            raw_usage = obj.get("usage") or {}
-            output = raw_usage.get("output_tokens")
-            usage = Usage(
-                input_tokens=_input_tokens(raw_usage),
-                output_tokens=output if isinstance(output, int) else 0,
-                cache_read_tokens=_count(raw_usage, "cache_read_input_tokens"),
-                cache_write_tokens=_count(raw_usage, "cache_creation_input_tokens"),
-                # Only the provider's own figures count as reported.
-                reported=isinstance(output, int),
-            )
             text = "".join(
                 b.get("text", "")
                 for b in obj["content"]
@@ -262,11 +263,16 @@ class AnthropicFromChat:
             raise ProxyError(
                 502, "The provider sent a malformed response.", code="upstream_error"
             ) from None
+        usage = Usage(output_estimate=estimate_tokens(len(text.encode())))
+        _read_usage(
+            obj.get("usage"), usage, required=("input_tokens", "output_tokens"), optional=()
+        )
+        usage.reported = not usage.invalid  # only the provider's own figures are reported
         completion = {
             "id": f"chatcmpl-{obj.get('id', 'unknown')}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": obj.get("model", route.upstream_model),
+            "model": route.model,
             "choices": [
                 {
                     "index": 0,
@@ -280,9 +286,9 @@ class AnthropicFromChat:
                     "finish_reason": FINISH_REASONS.get(obj.get("stop_reason") or "", "stop"),
                 }
             ],
-            "usage": _usage_json(usage, raw_usage.get("cache_read_input_tokens") or 0),
+            "usage": _usage_json(usage, usage.cache_read_tokens),
         }
         return dumps(completion), usage
 
     def stream(self, *, route: Route, call: ChatRequest) -> AnthropicStream:
-        return AnthropicStream(model=route.upstream_model, include_usage=call.include_usage)
+        return AnthropicStream(model=route.model, include_usage=call.include_usage)

@@ -11,9 +11,12 @@ the same format, a translation otherwise. Adding a format adds codecs, not pipel
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from django.conf import settings
 from django.http import HttpResponse
 
 from core.errors import ProxyError
@@ -33,6 +36,46 @@ class Usage:
     # True once the provider itself reported the counts; False while they are the proxy's
     # own (a stream cut before the provider's usage arrived).
     reported: bool = False
+    # The provider reported figures no answer can have (negative, not integers, absurdly
+    # large, missing from a whole answer): the proxy's estimate is billed instead.
+    invalid: bool = False
+    # The proxy's own estimate of a non-streamed answer's output (from its text), billed
+    # when the provider's figures are invalid; streams count their content deltas instead.
+    output_estimate: int = 0
+
+
+# No single call comes near this many tokens of any kind (the largest context windows are
+# about ten million): a count past it is a provider's bug or lie, never a bill.
+MAX_REPORTED_TOKENS = 100_000_000
+
+
+def token_counts(
+    usage: Any, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+) -> dict[str, int] | None:
+    """The named counts of a provider's usage object, or None when any is impossible.
+
+    A count is a JSON integer from 0 to MAX_REPORTED_TOKENS: a float (even 12.0), a
+    string, a bool, a negative or a huge number make the whole report untrustworthy, as
+    does a required count that is missing. An optional count may be absent or null (0);
+    a ``usage`` that is no object (absent, null) has every count absent.
+    """
+    if not isinstance(usage, Mapping):
+        usage = {}
+    counts: dict[str, int] = {}
+    for name in (*required, *optional):
+        value = usage.get(name)
+        if value is None and name in optional:
+            counts[name] = 0
+        elif type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
+            counts[name] = value
+        else:
+            return None
+    return counts
+
+
+def estimate_tokens(text_bytes: int) -> int:
+    """Tokens in ``text_bytes`` bytes of text, the way prompts are estimated."""
+    return math.ceil(text_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +183,15 @@ def upstream_error(*, status: int, message: str | None, retry_after: str | None)
     return ProxyError(
         502, f"The provider failed (HTTP {status}).", code="upstream_error", transient=True
     )
+
+
+def failed_mid_stream(error: Any) -> ProxyError:
+    """The failure for a provider's own error event inside a stream (OpenAI's
+    ``data: {"error": ...}``, Anthropic's ``event: error``): the stream ends with the one
+    error event the pipeline sends for it, its message cleaned of the proxy's set-up."""
+    message = error.get("message") if isinstance(error, dict) else error
+    detail = f": {message[:500]}" if isinstance(message, str) and message else "."
+    return ProxyError(502, f"The provider failed mid-stream{detail}", code="upstream_error")
 
 
 def dumps(obj: Any) -> bytes:

@@ -142,7 +142,10 @@ def parse_chat_request(
         or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
     ):
         _invalid("`stop` must be a string or an array of up to 4 strings.", param="stop")
-    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+    # Both fields set: the smaller binds (a provider may honour either), and it is the one
+    # limit reserved and sent (openai_passthrough.py).
+    limits = [_positive_int(body, name) for name in ("max_completion_tokens", "max_tokens")]
+    max_tokens = min((limit for limit in limits if limit is not None), default=None)
 
     return ChatRequest(
         body=body,

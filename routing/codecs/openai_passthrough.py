@@ -1,8 +1,9 @@
 """OpenAI-compatible providers (OpenAI, Moonshot/Kimi, vLLM, ...): forwarded as they are.
 
-The body goes out unchanged but for the model name, and with usage requested on streams;
-the answer comes back byte for byte. The only edit to a stream is dropping the usage-only
-chunk that the proxy asked for and the client did not.
+The body goes out unchanged but for the model name, the one completion limit the
+reservation holds, and usage requested on streams; the answer comes back as sent but for
+the model name (the tenant's, never the upstream's). The only other edit to a stream is
+dropping the usage-only chunk that the proxy asked for and the client did not.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ import json
 from typing import Any
 
 from core.errors import ProxyError
-from routing.codecs.base import UpstreamRequest, Usage
+from routing.codecs.base import (
+    UpstreamRequest,
+    Usage,
+    dumps,
+    estimate_tokens,
+    failed_mid_stream,
+    sse_data,
+    token_counts,
+)
 from routing.codecs.openai_chat import ChatRequest
 from routing.context import Route
 from routing.sse import SSEEvent
@@ -31,17 +40,69 @@ def _usage_of(obj: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _read_usage(usage: dict[str, Any], into: Usage) -> None:
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        into.input_tokens, into.output_tokens, into.reported = prompt, completion, True
+    counts = token_counts(usage, required=("prompt_tokens", "completion_tokens"))
+    cached = token_counts(usage.get("prompt_tokens_details"), optional=("cached_tokens",))
+    reasoning = token_counts(usage.get("completion_tokens_details"), optional=("reasoning_tokens",))
+    if counts is None or cached is None or reasoning is None:
+        into.invalid, into.reported = True, False
+        return
+    into.input_tokens, into.output_tokens = counts["prompt_tokens"], counts["completion_tokens"]
+    into.cache_read_tokens = cached["cached_tokens"]
+    into.reasoning_tokens = reasoning["reasoning_tokens"]
+    into.reported = True
+
+
+def _output_bytes(choices: Any, key: str) -> int:
+    """The size of the text an answer's choices produced (content and tool arguments)."""
+    size = 0
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get(key) if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        for field in ("content", "reasoning_content", "refusal"):
+            if isinstance(text := message.get(field), str):
+                size += len(text.encode())
+        for tool_call in message.get("tool_calls") or ():
+            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+            if isinstance(function, dict) and isinstance(args := function.get("arguments"), str):
+                size += len(args.encode())
+    return size
+
+
+class _ModelName:
+    """Puts the tenant's model name where the provider wrote its own in a stream's chunks.
+
+    The chunks are relayed as their bytes; the name is swapped in place (the replacement
+    found once per stream), and a chunk written some other way is re-encoded instead.
+    """
+
+    def __init__(self, public: str) -> None:
+        self.public = public
+        self._seen: str | None = None
+        self._needles: tuple[bytes, ...] = ()
+        self._replacement = b'"model":' + json.dumps(public).encode()
+
+    def apply(self, raw: bytes, obj: dict[str, Any]) -> bytes:
+        upstream = obj.get("model")
+        if upstream is None or upstream == self.public:
+            return raw
+        if upstream != self._seen:
+            self._seen = upstream
+            quoted = json.dumps(upstream).encode()
+            self._needles = (b'"model":' + quoted, b'"model": ' + quoted)
+        for needle in self._needles:
+            if needle in raw:
+                return raw.replace(needle, self._replacement)
+        return sse_data({**obj, "model": self.public})
 
 
 class OpenAIStream:
-    def __init__(self, *, include_usage: bool) -> None:
+    def __init__(self, *, include_usage: bool, model: str) -> None:
         self.include_usage = include_usage
         self.usage = Usage()
         self.content_deltas = 0
         self.complete = False
+        self._model = _ModelName(model)
 
     def feed(self, event: SSEEvent) -> bytes:
         data = event.data
@@ -53,10 +114,19 @@ class OpenAIStream:
         try:
             obj = json.loads(data)
         except ValueError:
-            return event.raw
+            obj = None
         if not isinstance(obj, dict):
-            return event.raw
+            # Not a chunk (an HTML error page from a gateway in front of the provider, say):
+            # the stream cannot be trusted to be whole, nor billed as answered.
+            raise ProxyError(
+                502,
+                "The provider's stream carried an event that is not JSON.",
+                code="upstream_error",
+            )
         choices = obj.get("choices")
+        if "error" in obj and choices is None:
+            raise failed_mid_stream(obj["error"])
+        raw = self._model.apply(event.raw, obj)
         if isinstance(choices, list):
             for choice in choices:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -70,8 +140,8 @@ class OpenAIStream:
         if not self.include_usage:
             # Asking for usage makes OpenAI add `"usage":null` to every chunk; a client that
             # did not ask gets the chunks as they would have been.
-            return event.raw.replace(b',"usage":null', b"")
-        return event.raw
+            return raw.replace(b',"usage":null', b"")
+        return raw
 
 
 class OpenAIPassthrough:
@@ -81,9 +151,13 @@ class OpenAIPassthrough:
         chat = call
         payload = dict(chat.body)
         payload["model"] = route.upstream_model
-        if chat.max_tokens is None:
-            # The reservation counted on this allowance: make the provider keep to it.
-            payload["max_tokens"] = max_tokens
+        # The reservation counted on ``max_tokens`` (the client's limit, or the tier's
+        # default): the provider gets exactly that limit, whichever field it honours. A
+        # client that sent both fields gets both, at the one value reserved; one field stays
+        # one field (OpenAI's reasoning models refuse max_tokens).
+        limits = [name for name in ("max_completion_tokens", "max_tokens") if name in payload]
+        for name in limits or ["max_tokens"]:
+            payload[name] = max_tokens
         if chat.stream:
             # Always ask for usage so every stream can be billed from the provider's count.
             payload["stream_options"] = {
@@ -93,17 +167,22 @@ class OpenAIPassthrough:
         return UpstreamRequest(f"{route.provider.base_url}/chat/completions", payload, {})
 
     def completion(self, *, route: Route, call: ChatRequest, raw: bytes) -> tuple[bytes, Usage]:
-        usage = Usage()
         try:
             obj = json.loads(raw)
         except ValueError:
-            raise ProxyError(
-                502, "The provider sent a malformed response.", code="upstream_error"
-            ) from None
-        found = _usage_of(obj) if isinstance(obj, dict) else None
-        if found is not None:
+            obj = None
+        if not isinstance(obj, dict):
+            raise ProxyError(502, "The provider sent a malformed response.", code="upstream_error")
+        usage = Usage(output_estimate=estimate_tokens(_output_bytes(obj.get("choices"), "message")))
+        found = _usage_of(obj)
+        if found is None:
+            usage.invalid = True  # a whole answer without its usage cannot be billed from it
+        else:
             _read_usage(found, usage)
+        if "model" in obj and obj["model"] != route.model:
+            # The tenant sees the model it asked for, never the upstream's name for it.
+            raw = dumps({**obj, "model": route.model})
         return raw, usage
 
     def stream(self, *, route: Route, call: ChatRequest) -> OpenAIStream:
-        return OpenAIStream(include_usage=call.include_usage)
+        return OpenAIStream(include_usage=call.include_usage, model=route.model)
