@@ -81,7 +81,7 @@ MODEL_LIST = {
 }
 FAULT_ACTIONS = frozenset(
     {"status", "delay_headers", "break_after", "drip", "echo_key", "echo_key_in_answer",
-     "stream_error", "usage", "garbage_line", "prefer_max_tokens"}
+     "stream_error", "usage", "garbage_line", "prefer_max_tokens", "body"}
 )  # fmt: skip
 MATCH_KEYS = frozenset({"api_key", "model", "api"})
 
@@ -196,6 +196,9 @@ def _parse_fault(rule: Any) -> Fault:
         _seconds(action, "seconds")
     elif kind in ("break_after", "stream_error", "garbage_line"):
         _count(action, "chunks")
+    elif kind == "body":
+        if not isinstance(action.get("body"), dict):
+            raise ConfigError("a body fault needs a body object")
     elif kind == "usage":
         if "usage" not in action or not isinstance(action["usage"], dict | None):
             raise ConfigError("a usage fault needs usage: an object or null")
@@ -412,6 +415,8 @@ class MockProvider:
           names (``prompt_tokens``... or ``input_tokens``...), or none at all for null;
         - ``{"type": "garbage_line", "chunks": K}``: a stream of K pieces, then a data line
           that is not JSON, then the rest of the stream as usual;
+        - ``{"type": "body", "body": {...}}``: a 200 whose JSON body is this (an error sent
+          as a 200, say), streamed or not;
         - ``{"type": "prefer_max_tokens"}``: an OpenAI call keeps to ``max_tokens`` even when
           ``max_completion_tokens`` is set (as some OpenAI-compatible servers do).
         """
@@ -604,6 +609,9 @@ class MockProvider:
         elif kind == "usage":
             plan.usage_override, plan.usage_replaced = action["usage"], True
             return False
+        elif kind == "body":
+            call.record["usage"] = None
+            await call.json(200, action["body"])
         elif kind == "garbage_line":
             plan.garbage_at = action["chunks"]
             return False

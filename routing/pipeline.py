@@ -272,7 +272,8 @@ class Meter:
             # Cut short: providers stream about one token per content delta, and the prompt
             # estimate stands in where the provider never said (OpenAI-style APIs report
             # usage only at the end).
-            usage.output_tokens = max(usage.output_tokens, translator.content_deltas)
+            counted = max(usage.output_tokens, translator.content_deltas)
+            usage.output_tokens = min(counted, self.allowance)  # never past the reservation
             if usage.input_tokens == 0 and translator.content_deltas:
                 usage.input_tokens = self.prompt_estimate
         return usage
@@ -445,8 +446,9 @@ async def _aread_answer(opened: Opened, *, call: Call, meter: Meter, deadline: f
         body, meter.usage = opened.codec.completion(route=opened.route, call=call, raw=raw)
         # A pooled key never leaves the proxy, whatever the provider quoted in its answer.
         body = opened.key.auth.scrub_bytes(body)
-    except ProxyError:
-        raise
+    except ProxyError as error:
+        # Its message may quote the provider (an error sent as a 200): nothing of the set-up.
+        raise redact_error(error, route=opened.route, key=opened.key) from None
     except Exception:
         # A translation bug is the proxy's, never "the provider sent a malformed answer".
         logger.exception("%s: translating the provider's answer failed", meter.request_id)

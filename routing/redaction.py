@@ -38,9 +38,14 @@ def redact(text: str, *, route: Route, key: PooledKey) -> str:
     return text
 
 
+# How much of a provider's message a client is shown, cut only once it is redacted.
+MAX_MESSAGE = 500
+
+
 def redact_error(error: ProxyError, *, route: Route, key: PooledKey) -> ProxyError:
-    """``error`` with its message redacted (the same error when there was nothing to hide)."""
-    message = redact(error.message, route=route, key=key)
+    """``error`` with its message redacted and shortened (the same error when there was
+    nothing to change)."""
+    message = redact(error.message, route=route, key=key)[:MAX_MESSAGE]
     if message == error.message:
         return error
     return ProxyError(

@@ -31,7 +31,7 @@ from routing.codecs.base import (
 )
 from routing.context import PooledKey, Route
 from routing.health import key_health
-from routing.redaction import redact
+from routing.redaction import MAX_MESSAGE, redact
 
 # An error body is read for its message only; a provider that answers an error with
 # megabytes, or with a gzip bomb, is cut here (after decoding: core/decoding.py).
@@ -154,7 +154,7 @@ async def asend_once(
             status=response.status_code,
             # A provider may echo the key it was sent, or name its address, the key or the
             # upstream model, in its error text: never pass that on.
-            message=redact(message, route=route, key=key)[:500] if message else None,
+            message=redact(message, route=route, key=key)[:MAX_MESSAGE] if message else None,
             retry_after=retry_after,
         ),
         upstream_status=response.status_code,

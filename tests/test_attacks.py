@@ -197,11 +197,13 @@ def test_it_survives_raw_protocol_abuse(proxy: LiveProxy, world: World, mock: Mo
     ]
     for abuse in abuses:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(abuse)
-            conn.shutdown(socket.SHUT_WR)
             try:
+                conn.sendall(abuse)
+                # The server may refuse and close before the abuse is all sent (the framing
+                # guard answers on the headers): a reset or a closed socket here is fine.
+                conn.shutdown(socket.SHUT_WR)
                 conn.recv(65536)
-            except (TimeoutError, ConnectionResetError):
+            except (TimeoutError, OSError):
                 pass
     assert proxy.process.poll() is None
     assert mock.calls() == 0

@@ -101,6 +101,13 @@ def test_it_hides_models_outside_the_tenants_tier(
             "temperature",
         ),
         (b'\xff\xfe{"model": "auto"}', None),
+        # UTF-16 (json.loads would take it, lone surrogates and all): JSON over HTTP is UTF-8.
+        (
+            '{"model": "auto", "messages": [{"role": "user", "content": "\\ud800"}]}'.encode(
+                "utf-16-le"
+            ),
+            None,
+        ),
         (b"[" * 100_000 + b"]" * 100_000, None),
         (
             b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": '

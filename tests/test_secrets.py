@@ -14,10 +14,13 @@ from django.core.management import call_command
 from django.test import Client, override_settings
 
 from routing import keyring
+from routing.codecs.base import failed_mid_stream
 from routing.models import ProviderKey
+from routing.redaction import MAX_MESSAGE, redact_error
 from routing.services import provider_create, provider_key_create
-from tests.conftest import LiveProxy, World
+from tests.conftest import LiveProxy, World, ledger_rows
 from tests.support.mockserver import MockServer
+from tests.test_codecs import make_route
 
 
 def exchange(proxy: LiveProxy, token: str, model: str, stream: bool) -> str:
@@ -230,3 +233,29 @@ def test_it_ends_a_stream_the_provider_failed_with_one_clean_error_event(
     assert "[DONE]" not in seen
     for secret in world.secrets.values():
         assert secret not in seen
+
+
+def test_it_answers_an_error_sent_as_a_200_with_a_clean_502(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    told = (
+        f"Invalid request for key pool-1 ({world.secrets['moonshot']}) at {world.moonshot.base_url}"
+    )
+    body = {"error": {"message": told, "type": "invalid_request_error"}}
+    mock.configure(faults=[{"action": {"type": "body", "body": body}, "times": 1}])
+    seen = exchange(proxy, world.token(world.alice), "auto", False)
+    assert seen.startswith("502\n") and "Invalid request for key [key]" in seen
+    for text in ("pool-1", world.moonshot.base_url, world.secrets["moonshot"]):
+        assert text not in seen
+    [row] = ledger_rows(world.alice, 1)
+    assert (row.status, row.http_status) == ("upstream_error", 502)
+
+
+def test_it_redacts_a_providers_message_before_shortening_it() -> None:
+    route = make_route("openai", base_url="https://api.openai.com/v1", upstream_model="gpt-4o")
+    key = route.provider.keys[0]
+    secret = "sk-test-0123456789abcdef"  # the key make_route seals
+    # The key straddles the length a client is shown: cut first, half of it would get out.
+    failure = failed_mid_stream({"message": "x" * (MAX_MESSAGE - 10) + secret})
+    shown = redact_error(failure, route=route, key=key).message
+    assert len(shown) <= MAX_MESSAGE and "sk-test" not in shown

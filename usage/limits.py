@@ -323,11 +323,18 @@ def _release_soon(tenant_id: int, week: Week, request_id: str) -> None:
             record_json="",
             now_ms=int(time.time() * 1000),
         )
-        for _ in range(5):
+        # Until it succeeds, for as long as the pending record it may have stored could be
+        # swept: once that lease runs out, a sweep would bill the request as lost although
+        # nothing reached a provider. (A Redis outage longer than the retries still can.)
+        deadline = time.monotonic() + settings.PROXY_RESERVATION_TTL
+        while True:
             try:
                 await counters.async_scripts(counters.async_client()).settle(**call)
                 return
             except _UNREACHABLE:
+                if time.monotonic() > deadline:
+                    logger.error("%s: could not release its reservation", request_id)
+                    return
                 await asyncio.sleep(1)
 
     task = asyncio.get_running_loop().create_task(release())

@@ -185,13 +185,17 @@ def upstream_error(*, status: int, message: str | None, retry_after: str | None)
     )
 
 
-def failed_mid_stream(error: Any) -> ProxyError:
+def failed_mid_stream(error: Any, *, stream: bool = True) -> ProxyError:
     """The failure for a provider's own error event inside a stream (OpenAI's
-    ``data: {"error": ...}``, Anthropic's ``event: error``): the stream ends with the one
-    error event the pipeline sends for it, its message cleaned of the proxy's set-up."""
+    ``data: {"error": ...}``, Anthropic's ``event: error``), or (``stream`` False) an error
+    body sent with a 200: the stream ends with the one error event the pipeline sends for
+    it, or the client gets a 502, its message cleaned of the proxy's set-up."""
     message = error.get("message") if isinstance(error, dict) else error
-    detail = f": {message[:500]}" if isinstance(message, str) and message else "."
-    return ProxyError(502, f"The provider failed mid-stream{detail}", code="upstream_error")
+    # Whole: redaction (routing/redaction.py) must see the message before it is shortened,
+    # or a key cut in two would slip past it.
+    detail = f": {message}" if isinstance(message, str) and message else "."
+    where = " mid-stream" if stream else ""
+    return ProxyError(502, f"The provider failed{where}{detail}", code="upstream_error")
 
 
 def dumps(obj: Any) -> bytes:

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 # An escaped UTF-16 surrogate (\uD800-\uDFFF; a valid pair matches too, the walk tells them
-# apart) or the raw UTF-8 bytes of one (ED A0..BF xx), which is not valid UTF-8 at all.
-_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+# apart) or a surrogate itself (its raw UTF-8 bytes, let through by surrogatepass).
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
 
 class _Flags:
@@ -51,7 +51,11 @@ def load_json_object(
         invalid(f"Invalid JSON: {name} is not a number.")
 
     try:
-        body = json.loads(raw, parse_float=parse_float, parse_constant=reject_constant)
+        # JSON over HTTP is UTF-8 (RFC 8259). Decoded here rather than by json.loads, which
+        # would also take UTF-16 and UTF-32 bodies (and their surrogates) past the check
+        # below; surrogatepass keeps a raw surrogate for the walk to name.
+        text = raw.decode("utf-8", "surrogatepass").removeprefix("\ufeff")  # a BOM may be ignored
+        body = json.loads(text, parse_float=parse_float, parse_constant=reject_constant)
     except UnicodeDecodeError:
         invalid(f"{what} is not valid UTF-8.")
     except json.JSONDecodeError as exc:
@@ -62,7 +66,7 @@ def load_json_object(
         invalid(f"{what} is not valid JSON.")
     if not isinstance(body, dict):
         invalid(f"{what} must be a JSON object.")
-    if flags.non_finite or _MAYBE_SURROGATE.search(raw):
+    if flags.non_finite or _MAYBE_SURROGATE.search(text):
         try:
             problem = _first_problem(body, "")
         except RecursionError:

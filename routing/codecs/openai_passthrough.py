@@ -82,7 +82,9 @@ class _ModelName:
         self._needles: tuple[bytes, ...] = ()
         self._replacement = b'"model":' + json.dumps(public).encode()
 
-    def apply(self, raw: bytes, obj: dict[str, Any]) -> bytes:
+    def apply(self, raw: bytes, obj: dict[str, Any], *, event: bool = True) -> bytes:
+        """``raw`` (the encoding of ``obj``, a stream event or a whole answer) naming the
+        tenant's model; re-encoded only when the name is written in some unusual way."""
         upstream = obj.get("model")
         if upstream is None or upstream == self.public:
             return raw
@@ -93,7 +95,8 @@ class _ModelName:
         for needle in self._needles:
             if needle in raw:
                 return raw.replace(needle, self._replacement)
-        return sse_data({**obj, "model": self.public})
+        renamed = {**obj, "model": self.public}
+        return sse_data(renamed) if event else dumps(renamed)
 
 
 class OpenAIStream:
@@ -173,16 +176,19 @@ class OpenAIPassthrough:
             obj = None
         if not isinstance(obj, dict):
             raise ProxyError(502, "The provider sent a malformed response.", code="upstream_error")
+        if "error" in obj and "choices" not in obj:
+            # An error dressed as a 200 (some gateways do this): a failure, not an answer,
+            # and its message goes out only as the pipeline's redacted error.
+            raise failed_mid_stream(obj["error"], stream=False)
         usage = Usage(output_estimate=estimate_tokens(_output_bytes(obj.get("choices"), "message")))
         found = _usage_of(obj)
         if found is None:
             usage.invalid = True  # a whole answer without its usage cannot be billed from it
         else:
             _read_usage(found, usage)
-        if "model" in obj and obj["model"] != route.model:
-            # The tenant sees the model it asked for, never the upstream's name for it.
-            raw = dumps({**obj, "model": route.model})
-        return raw, usage
+        # The tenant sees the model it asked for, never the upstream's name for it; swapped in
+        # the bytes, so the answer is not re-encoded.
+        return _ModelName(route.model).apply(raw, obj, event=False), usage
 
     def stream(self, *, route: Route, call: ChatRequest) -> OpenAIStream:
         return OpenAIStream(include_usage=call.include_usage, model=route.model)
