@@ -34,7 +34,7 @@ def redact(text: str, *, route: Route, key: PooledKey) -> str:
         text = _whole_word(key.label).sub("[key]", text)
     upstream = route.upstream_model
     if upstream != route.model and upstream in text:
-        text = _whole_word(upstream).sub(route.model, text)
+        text = _model_name(upstream).sub(route.model, text)
     return text
 
 
@@ -57,6 +57,12 @@ def redact_error(error: ProxyError, *, route: Route, key: PooledKey) -> ProxyErr
         headers=error.headers,
         transient=error.transient,
     )
+
+
+def _model_name(name: str) -> re.Pattern[str]:
+    # The name and its dated or suffixed variants, which providers quote for an alias
+    # ("gpt-4o" answers as "gpt-4o-2024-08-06"): all of them name the upstream model.
+    return re.compile(rf"(?<![\w.-]){re.escape(name)}(?:-[\w.]+)*(?![\w-])")
 
 
 def _whole_word(word: str) -> re.Pattern[str]:

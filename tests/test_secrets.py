@@ -16,7 +16,7 @@ from django.test import Client, override_settings
 from routing import keyring
 from routing.codecs.base import failed_mid_stream
 from routing.models import ProviderKey
-from routing.redaction import MAX_MESSAGE, redact_error
+from routing.redaction import MAX_MESSAGE, redact, redact_error
 from routing.services import provider_create, provider_key_create
 from tests.conftest import LiveProxy, World, ledger_rows
 from tests.support.mockserver import MockServer
@@ -259,3 +259,12 @@ def test_it_redacts_a_providers_message_before_shortening_it() -> None:
     failure = failed_mid_stream({"message": "x" * (MAX_MESSAGE - 10) + secret})
     shown = redact_error(failure, route=route, key=key).message
     assert len(shown) <= MAX_MESSAGE and "sk-test" not in shown
+
+
+def test_it_redacts_the_upstream_model_and_its_snapshots_but_not_other_words() -> None:
+    route = make_route("openai", base_url="https://api.openai.com/v1", upstream_model="gpt-4o")
+    key = route.provider.keys[0]
+    told = "gpt-4o-2024-08-06 is overloaded; gpt-4o too. Try my-gpt-4o or gpt-4omega."
+    assert redact(told, route=route, key=key) == (
+        "auto is overloaded; auto too. Try my-gpt-4o or gpt-4omega."
+    )
