@@ -148,7 +148,8 @@ class OpenAIStream:
 
 
 class OpenAIPassthrough:
-    """OpenAI chat in, OpenAI chat out: the body as sent, the answer byte for byte."""
+    """OpenAI chat in, OpenAI chat out: the body and the answer as sent, but for the model name
+    and the one completion limit reserved."""
 
     def build(self, *, route: Route, call: ChatRequest, max_tokens: int) -> UpstreamRequest:
         chat = call
