@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
@@ -140,19 +140,9 @@ async def _ajourney(
         prompt_estimate=tokens - max_tokens * call.completions,
         allowance=max_tokens * call.completions,
     )
-
-    def progress() -> Tokens:
-        # Read by the lease heartbeat: what the request has produced so far, the provider's
-        # counts where it gave them, else one token per content delta (as for a cut stream).
-        translator = meter.translator
-        if translator is None:
-            return Tokens(input=meter.usage.input_tokens, output=meter.usage.output_tokens)
-        usage = translator.usage
-        return Tokens(
-            input=usage.input_tokens, output=max(usage.output_tokens, translator.content_deltas)
-        )
-
-    admission.progress = progress
+    # Read by the lease heartbeat: what the request would be billed now, should it go no
+    # further (the provider's counts where it gave them, else the proxy's, as for a cut stream).
+    admission.progress = lambda: _tokens(meter.billed_usage())
     exchange = _aexchange(meter, call=call, codec=codec, routes=routes, max_tokens=max_tokens)
     # Up to the first item, failures are raised here (already billed): the client gets an
     # HTTP error. After it, they end the stream with an error event instead.
@@ -244,25 +234,24 @@ class Meter:
             self.status, self.http_status = Status.UPSTREAM_ERROR, 500
 
     def billed_usage(self) -> Usage:
-        """What the request is billed: the provider's figures when they are possible.
+        """What the request is billed, as things stand: the provider's figures when they are
+        possible. Reads only (the heartbeat calls it too).
 
         The proxy's own estimate stands in for figures the provider never gave (a stream cut
         short) or gave wrong (negative, not integers, absurd, more output than the limit
-        sent, missing from a whole answer): the prompt estimate, and the output it produced
-        by the proxy's count (content deltas of a stream, the text of an answer).
+        sent, missing from a whole answer or a complete stream): the prompt estimate, and the
+        output it produced by the proxy's count (content deltas of a stream, the text of an
+        answer), never past the allowance.
         """
         translator = self.translator
         usage = self.usage if translator is None else translator.usage
-        produced = usage.output_estimate if translator is None else translator.content_deltas
-        if translator is not None and translator.complete and not usage.reported:
-            usage.invalid = True  # a whole stream whose usage never came
-        if usage.reported and usage.output_tokens > self.allowance:
-            usage.invalid = True  # the provider cannot write past the limit it was sent
-        if usage.invalid:
-            logger.warning(
-                "%s: the provider's usage figures are impossible; billing the proxy's estimate",
-                self.request_id,
-            )
+        invalid = (
+            usage.invalid
+            or (translator is not None and translator.complete and not usage.reported)
+            or (usage.reported and usage.output_tokens > self.allowance)
+        )
+        if invalid:
+            produced = usage.output_estimate if translator is None else translator.content_deltas
             return Usage(
                 input_tokens=self.prompt_estimate,
                 output_tokens=min(produced, self.allowance),
@@ -272,28 +261,27 @@ class Meter:
             # Cut short: providers stream about one token per content delta, and the prompt
             # estimate stands in where the provider never said (OpenAI-style APIs report
             # usage only at the end).
-            counted = max(usage.output_tokens, translator.content_deltas)
-            usage.output_tokens = min(counted, self.allowance)  # never past the reservation
-            if usage.input_tokens == 0 and translator.content_deltas:
-                usage.input_tokens = self.prompt_estimate
+            deltas = translator.content_deltas
+            return replace(
+                usage,
+                input_tokens=usage.input_tokens or (self.prompt_estimate if deltas else 0),
+                output_tokens=min(max(usage.output_tokens, deltas), self.allowance),
+            )
         return usage
 
     def bill(self) -> Bill:
         usage = self.billed_usage()
+        if usage.invalid:
+            logger.warning(
+                "%s: the provider's usage figures are impossible; billing the proxy's estimate",
+                self.request_id,
+            )
         return _bill(
             request_id=self.request_id,
             context=self.context,
             attempt=self.attempt,
             stream=self.stream,
-            tokens=Tokens(
-                input=usage.input_tokens,
-                output=usage.output_tokens,
-                cache_read=usage.cache_read_tokens,
-                cache_write=usage.cache_write_tokens,
-                reasoning=usage.reasoning_tokens,
-                reported=usage.reported,
-                invalid=usage.invalid,
-            ),
+            tokens=_tokens(usage),
             status=self.status,
             http_status=self.http_status,
             latency_ms=int((time.monotonic() - self.started) * 1000),
@@ -306,6 +294,18 @@ class Meter:
             return
         self.settled = True
         await asettle(self.admission, self.bill())
+
+
+def _tokens(usage: Usage) -> Tokens:
+    return Tokens(
+        input=usage.input_tokens,
+        output=usage.output_tokens,
+        cache_read=usage.cache_read_tokens,
+        cache_write=usage.cache_write_tokens,
+        reasoning=usage.reasoning_tokens,
+        reported=usage.reported,
+        invalid=usage.invalid,
+    )
 
 
 def _bill(
