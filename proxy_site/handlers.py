@@ -14,6 +14,8 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.http.response import HttpResponseBase
 
+from core.errors import ProxyError, error_body
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -134,8 +136,6 @@ def too_large_message(limit: int) -> str:
 
 def api_error_body(*, path: str, status: int, message: str, code: str) -> bytes:
     """An error body in the API's shape: Anthropic's under /v1/messages, else OpenAI's."""
-    from core.errors import ProxyError, error_body
-
     error = ProxyError(status, message, code=code)
     return json.dumps(error_body(error, anthropic=path.startswith("/v1/messages"))).encode()
 

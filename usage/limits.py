@@ -184,6 +184,12 @@ def _refusal(kind: str, retry_after: int, headers: dict[str, str]) -> ProxyError
     )
 
 
+def tokens_in(text_bytes: int) -> int:
+    """The proxy's estimate of the tokens in ``text_bytes`` bytes of text (a prompt, or an
+    answer whose provider gave no usable count)."""
+    return math.ceil(text_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
+
+
 def estimate(
     *, prices: Sequence[Price], body_bytes: int, max_tokens: int, completions: int = 1
 ) -> tuple[int, int]:
@@ -193,7 +199,7 @@ def estimate(
     dearest route the request may fail over to: it is reserved once, before anyone knows
     which route will answer.
     """
-    prompt = math.ceil(body_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
+    prompt = tokens_in(body_bytes)
     output = max_tokens * completions
     cost = max(price.cost(input_tokens=prompt, output_tokens=output) for price in prices)
     return prompt + output, to_nanos(cost, ceiling=True)

@@ -21,7 +21,6 @@ from routing.codecs.base import (
     UpstreamRequest,
     Usage,
     dumps,
-    estimate_tokens,
     failed_mid_stream,
     sse_data,
     token_counts,
@@ -29,6 +28,7 @@ from routing.codecs.base import (
 from routing.codecs.openai_chat import ChatRequest
 from routing.context import Route
 from routing.sse import SSEEvent
+from usage.limits import tokens_in
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -263,7 +263,7 @@ class AnthropicFromChat:
             raise ProxyError(
                 502, "The provider sent a malformed response.", code="upstream_error"
             ) from None
-        usage = Usage(output_estimate=estimate_tokens(len(text.encode())))
+        usage = Usage(output_estimate=tokens_in(len(text.encode())))
         _read_usage(
             obj.get("usage"), usage, required=("input_tokens", "output_tokens"), optional=()
         )

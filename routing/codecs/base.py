@@ -11,12 +11,10 @@ the same format, a translation otherwise. Adding a format adds codecs, not pipel
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from django.conf import settings
 from django.http import HttpResponse
 
 from core.errors import ProxyError
@@ -71,11 +69,6 @@ def token_counts(
         else:
             return None
     return counts
-
-
-def estimate_tokens(text_bytes: int) -> int:
-    """Tokens in ``text_bytes`` bytes of text, the way prompts are estimated."""
-    return math.ceil(text_bytes / settings.PROXY_PROMPT_BYTES_PER_TOKEN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from routing.codecs.base import (
     UpstreamRequest,
     Usage,
     dumps,
-    estimate_tokens,
     failed_mid_stream,
     sse_data,
     token_counts,
@@ -24,6 +23,7 @@ from routing.codecs.base import (
 from routing.codecs.openai_chat import ChatRequest
 from routing.context import Route
 from routing.sse import SSEEvent
+from usage.limits import tokens_in
 
 
 def _usage_of(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -181,7 +181,7 @@ class OpenAIPassthrough:
             # An error dressed as a 200 (some gateways do this): a failure, not an answer,
             # and its message goes out only as the pipeline's redacted error.
             raise failed_mid_stream(obj["error"], stream=False)
-        usage = Usage(output_estimate=estimate_tokens(_output_bytes(obj.get("choices"), "message")))
+        usage = Usage(output_estimate=tokens_in(_output_bytes(obj.get("choices"), "message")))
         found = _usage_of(obj)
         if found is None:
             usage.invalid = True  # a whole answer without its usage cannot be billed from it
