@@ -16,7 +16,7 @@ LOCK := requirements.lock
 # For `make lock`: --upgrade, or --upgrade-package NAME (repeatable).
 ARGS ?=
 
-.PHONY: install lock run test lint typecheck test-services test-zero-setup bench clean
+.PHONY: install lock run test lint typecheck test-services test-zero-setup bench clean agents
 
 # Installs only what the lock names, then the project itself without resolving anything;
 # `pip check` fails when pyproject.toml asks for something the lock does not hold.
@@ -45,6 +45,22 @@ lock: $(VENV)/bin/uv
 	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	    --quiet --custom-compile-command "make lock" --output-file $(LOCK) $(ARGS)
 
+# The real agent programs the end-to-end tests drive through the proxy (Claude Code), from
+# agents/package-lock.json only: `npm ci` checks every integrity hash and resolves nothing.
+# Again only when the lock is newer than the install; without npm there is nothing to do
+# (those tests skip when node is missing).
+AGENTS := agents
+$(AGENTS)/node_modules/.installed: $(AGENTS)/package.json $(AGENTS)/package-lock.json
+	npm ci --prefix $(AGENTS) --no-audit --no-fund
+	@touch $@
+
+ifneq ($(shell command -v npm 2>/dev/null),)
+agents: $(AGENTS)/node_modules/.installed
+else
+agents:
+	@echo "npm not found: the agent tests will skip" >&2
+endif
+
 # Migrate, load the demo config, print a token and examples, then serve the proxy on
 # Daphne with the mock provider beside it (Ctrl-C stops both).
 run: install dev-secrets
@@ -69,7 +85,7 @@ typecheck: install
 	$(VENV)/bin/mypy .
 
 # The whole suite against PostgreSQL and Redis.
-test-services: install
+test-services: install agents
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The key tests again on the zero-setup defaults: SQLite and the embedded counter store.
@@ -82,4 +98,4 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache $(AGENTS)/node_modules

@@ -9,27 +9,93 @@ Endpoints
     ``GET  /v1/models``            OpenAI model list (one model, ``mock-model``; no auth).
     ``POST /v1/messages``          Anthropic; needs a key in ``x-api-key`` (or, as the installed
                                    SDK sends it, ``Authorization: Bearer``), an
-                                   ``anthropic-version`` header and ``max_tokens``.
+                                   ``anthropic-version`` header and ``max_tokens``. A query
+                                   string (``?beta=true``) and ``anthropic-beta`` headers are
+                                   accepted and kept in the record.
+    ``POST /v1/messages/count_tokens``  Anthropic; same auth and version header; answers
+                                   ``{"input_tokens": N}`` by the prompt-token rule below. It is
+                                   recorded like a call, but no fault applies to it.
     ``GET  /_mock/stats``          ``{"calls": N, "requests": [record, ...]}`` (last 1000).
     ``POST /_mock/reset``          forget the records, restore the start-up configuration.
     ``GET|POST /_mock/config``     read / merge the configuration (see ``MockProvider.configure``).
 
+    Unknown top-level fields and unknown content block types are accepted silently; the
+    record keeps the body as received.
+
 Output
-    The reply is ``n`` pieces, piece ``i`` being ``text[i % len(text)]`` (``DEFAULT_TEXT`` unless
-    configured), each counted as exactly one completion token. ``n = chunks``, or the request's
-    ``max_tokens`` (OpenAI: ``max_completion_tokens`` or ``max_tokens``) when smaller, in which
-    case the reply is truncated: ``finish_reason: "length"`` / ``stop_reason: "max_tokens"``.
+    A reply is a list of blocks, each streamed as pieces, each piece exactly one output token:
+
+    1. thinking (``config["thinking"]``, in pieces of two words): on Anthropic when the request
+       has ``thinking: {"type": "enabled" | "adaptive"}``, as a ``thinking`` block with a
+       signature (``thinking_delta`` pieces, then a ``signature_delta``); on OpenAI whenever
+       configured, as ``reasoning_content`` (Moonshot / DeepSeek style), also counted in
+       ``completion_tokens_details.reasoning_tokens``.
+    2. then one of:
+
+       - after a tool result (the last message is OpenAI ``role: tool`` messages, or an
+         Anthropic user message with ``tool_result`` blocks): the text
+         ``"Tool results: " + " | ".join(each result's text)`` in pieces of two words (a
+         result's text: its string content, or its text parts concatenated); finish
+         ``stop`` / ``end_turn``;
+       - when the request offers tools (and ``tool_choice`` is not none) named in
+         ``config["tool_calls"]``: a call of each of those, in the configured order
+         (``config["tool_text"]``, in pieces of two words, first when set); their compact JSON
+         arguments in pieces of ``arguments_chunk`` characters; ids ``call_<24 hex>`` /
+         ``toolu_<24 hex>``; finish ``tool_calls`` / ``tool_use``;
+       - otherwise ``chunks`` pieces, piece ``i`` being ``text[i % len(text)]``
+         (``DEFAULT_TEXT`` unless configured).
+
+    When the request holds images (OpenAI ``image_url`` parts; Anthropic ``image`` blocks,
+    also inside ``tool_result`` content), the reply's text, if it has any, starts with one more
+    piece, ``"I see N image(s). "``. Images are checked as the real APIs check them (400
+    otherwise).
+
+    The reply text is cut just before the first stop sequence it contains (OpenAI ``stop``;
+    Anthropic ``stop_sequences``), dropping what follows: finish ``stop`` /
+    ``stop_reason: "stop_sequence"`` with ``stop_sequence`` set. Then, when the pieces
+    outnumber the request's ``max_tokens`` (OpenAI: ``max_completion_tokens`` or
+    ``max_tokens``), only that many are sent: ``finish_reason: "length"`` /
+    ``stop_reason: "max_tokens"`` (a cut tool call keeps its partial arguments on OpenAI and
+    streams; a non-streamed Anthropic reply gives it ``input: {}``).
+
+    ``config["cache"]`` ``{"read": R, "write": W}`` makes replies report cache figures:
+    Anthropic ``cache_read_input_tokens = R``, ``cache_creation_input_tokens = W`` and
+    ``input_tokens = max(prompt - R - W, 0)``, in ``message_start`` and ``message_delta``
+    alike (streams always repeat the input and cache counts in ``message_delta``); OpenAI
+    ``prompt_tokens`` stays the total and ``prompt_tokens_details.cached_tokens = R``.
+
+Checks a real API makes that the mock makes too (400 in the API's own error shape)
+    A tool result must answer a tool call of the assistant message just before it, and
+    every tool call followed by another message must be answered there (OpenAI's and
+    Anthropic's own messages). A ``thinking`` block passed back must carry the signature the
+    mock gave its text: base64 of an HMAC-SHA256 with a per-process secret ("Invalid
+    `signature` in `thinking` block" otherwise). ``thinking.budget_tokens`` must be at least
+    1024 and below ``max_tokens``. Stop sequences must be strings (Anthropic: not only
+    whitespace; OpenAI: at most 4).
 
 Prompt tokens
     ``sum(3 + words(message content) for each message)``, plus ``3 + words(system)`` when an
-    Anthropic request has a ``system`` field, where ``words(x)`` is ``len(x.split())`` for a
-    string and the sum of that over the ``{"type": "text"}`` parts of a list; any other content
-    (images, tool calls, ...) counts zero words.
+    Anthropic request has a ``system`` field, plus ``3 + words(description)`` for each tool
+    definition (OpenAI ``function.description``, Anthropic ``description``; none counts 0),
+    where ``words(x)`` is ``len(x.split())`` for a string and, for a list, the sum of that over
+    its ``{"type": "text"}`` parts and over the content of its ``tool_result`` blocks; any other
+    content (images, tool calls, thinking, ...) counts zero words.
+
+Record
+    Each call's record (``/_mock/stats``) has, besides the request (``path``, ``query``,
+    ``headers``, ``body``...) and timings: ``text_sent`` (text pieces only), ``chunks_sent``
+    (all pieces), ``usage`` (``input_tokens`` = the prompt count, ``output_tokens``, plus
+    ``cache_read_tokens`` / ``cache_write_tokens`` when cache figures are reported and
+    ``reasoning_tokens`` when thinking is sent), ``images``, ``tool_results`` (``[{tool_use_id,
+    text, is_error, images}]`` or null), ``tool_calls`` (``[{id, name, arguments}]``),
+    ``thinking`` and ``stop_sequence``.
 
 Timing
     Headers, and the frames that precede the content (OpenAI's role chunk; Anthropic's
     ``message_start``, ``content_block_start`` and ``ping``), go out at once; the first piece
-    waits ``ttft`` seconds, each further piece ``chunk_delay`` seconds. A non-streamed reply is
+    waits ``ttft`` seconds, each further piece ``chunk_delay`` seconds; a later block's opening
+    frames (a tool call's id and name; Anthropic's block stop and start) go with its first
+    piece, after that piece's wait. A non-streamed reply is
     sent after the whole generation time, ``ttft + chunk_delay * (n - 1)``. Every SSE event is
     its own ASGI body message. A client disconnect is noticed during any wait and ends the call.
 
@@ -45,14 +111,19 @@ Faults (``config["faults"]``)
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import copy
+import hashlib
+import hmac
 import json
 import math
+import re
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 Scope = Mapping[str, Any]
@@ -84,6 +155,13 @@ FAULT_ACTIONS = frozenset(
      "stream_error", "usage", "garbage_line", "prefer_max_tokens", "body"}
 )  # fmt: skip
 MATCH_KEYS = frozenset({"api_key", "model", "api"})
+CONFIG_KEYS = frozenset(
+    {"chunks", "chunk_delay", "ttft", "text", "faults", "tool_calls", "tool_text",
+     "arguments_chunk", "thinking", "cache"}
+)  # fmt: skip
+ANTHROPIC_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+OPENAI_IMAGE_URL = re.compile(r"(https?://|data:image/[\w.+-]+;base64,)")
+WORDS_PER_PIECE = 2  # how a generated sentence (tool results, thinking) is split into pieces
 
 JSON_TYPE = (b"content-type", b"application/json")
 SSE_HEADERS = [
@@ -146,6 +224,11 @@ class Config:
     ttft: float
     text: list[str] | None = None
     faults: list[Fault] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None  # [{"name": str, "arguments": {...}}]
+    tool_text: str | None = None  # a text piece before the tool calls
+    arguments_chunk: int = 8  # characters of arguments JSON per streamed piece
+    thinking: str | None = None
+    cache: dict[str, int] | None = None  # {"read": N, "write": M}
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -154,6 +237,11 @@ class Config:
             "ttft": self.ttft,
             "text": self.text,
             "faults": [fault.as_json() for fault in self.faults],
+            "tool_calls": copy.deepcopy(self.tool_calls),
+            "tool_text": self.tool_text,
+            "arguments_chunk": self.arguments_chunk,
+            "thinking": self.thinking,
+            "cache": None if self.cache is None else dict(self.cache),
         }
 
 
@@ -209,23 +297,80 @@ def _parse_fault(rule: Any) -> Fault:
     return Fault(match=dict(match), times=times, action=copy.deepcopy(action))
 
 
-def _words(content: Any) -> int:
+def _text_of(content: Any) -> str:
+    """A string content, or the text of its ``{"type": "text"}`` parts, concatenated."""
     if isinstance(content, str):
-        return len(content.split())
+        return content
     if isinstance(content, list):
-        return sum(
-            len(part["text"].split())
+        return "".join(
+            part["text"]
             for part in content
             if isinstance(part, dict) and part.get("type") == "text"
             if isinstance(part.get("text"), str)
         )
+    return ""
+
+
+def _parse_tool_calls(calls: Any) -> list[dict[str, Any]] | None:
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        raise ConfigError("tool_calls must be null or a list")
+    parsed = []
+    for call in calls:
+        if (
+            not isinstance(call, dict)
+            or set(call) != {"name", "arguments"}
+            or not isinstance(call["name"], str)
+            or not call["name"]
+            or not isinstance(call["arguments"], dict)
+        ):
+            raise ConfigError('each tool call must be {"name": str, "arguments": {...}}')
+        parsed.append({"name": call["name"], "arguments": copy.deepcopy(call["arguments"])})
+    return parsed
+
+
+def _words(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content.split())
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                total += len(part["text"].split())
+            elif part.get("type") == "tool_result":  # Anthropic: a result's own text counts
+                total += _words(part.get("content"))
+        return total
     return 0
 
 
-def prompt_tokens(messages: Iterable[Any], system: Any = None) -> int:
-    """The documented deterministic prompt-token count of a request."""
+def _tool_description(tool: Any) -> Any:
+    """A tool definition's description: OpenAI ``function.description``, else ``description``."""
+    if not isinstance(tool, dict):
+        return None
+    function = tool.get("function")
+    return function.get("description") if isinstance(function, dict) else tool.get("description")
+
+
+def prompt_tokens(messages: Iterable[Any], system: Any = None, tools: Any = None) -> int:
+    """The documented deterministic prompt-token count of a request (see the module docs)."""
     total = sum(3 + _words(m.get("content")) for m in messages if isinstance(m, dict))
+    if isinstance(tools, list):
+        total += sum(3 + _words(_tool_description(tool)) for tool in tools)
     return total if system is None else total + 3 + _words(system)
+
+
+def _word_pieces(text: str, per: int = WORDS_PER_PIECE) -> list[str]:
+    """``text`` in pieces of ``per`` words each (with their spacing); they join back to it."""
+    words = [word for word in re.split(r"(?<=\s)(?=\S)", text) if word]
+    return ["".join(words[i : i + per]) for i in range(0, len(words), per)]
+
+
+def _sign(secret: bytes, thinking: str) -> str:
+    """A thinking block's signature: only this process can make one that verifies."""
+    return base64.b64encode(hmac.new(secret, thinking.encode(), hashlib.sha256).digest()).decode()
 
 
 def _openai_error(
@@ -337,16 +482,22 @@ class _Call:
         self.record["disconnected_at"] = self.gone.result()
         return True
 
-    async def piece(self, frame: bytes, piece: str) -> None:
-        await self.body(frame)
+    async def piece(self, frames: list[bytes], piece: str, kind: str) -> None:
+        """Send one piece's frames (block transitions first); it counts one output token."""
+        for frame in frames:
+            await self.body(frame)
         now = time.time()
         record = self.record
         if record["first_chunk_at"] is None:
             record["first_chunk_at"] = now
         record["chunk_times"].append(now)
         record["chunks_sent"] += 1
-        record["text_sent"] += piece
-        record["usage"]["output_tokens"] += 1
+        usage = record["usage"]
+        usage["output_tokens"] += 1
+        if kind == "text":
+            record["text_sent"] += piece
+        elif kind == "thinking":
+            usage["reasoning_tokens"] += 1
 
     async def abort(self) -> None:
         request = _daphne_request(self.send)
@@ -357,15 +508,44 @@ class _Call:
 
 
 @dataclass
+class _Block:
+    """One content block of a reply: text, thinking, or a tool call, as streamed pieces."""
+
+    kind: Literal["text", "thinking", "tool_use"]
+    pieces: list[str]
+    call_id: str = ""
+    name: str = ""
+    arguments: dict[str, Any] | None = None
+    complete: bool = True  # False when the token limit cut it short
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class _Reject(Exception):
+    """A request the real API refuses with a 400 (only OpenAI's error has param and code)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+@dataclass
 class _Plan:
     """What a validated call will produce, fixed at its start."""
 
     model: str
-    pieces: list[str]
-    truncated: bool
+    full: list[_Block]  # the whole reply the mock would give without a token limit
     prompt_tokens: int
     ttft: float
     chunk_delay: float
+    secret: bytes
+    cut_at: str | None = None  # the stop sequence the full reply's text was cut at
+    cache_read: int | None = None  # None: the reply reports no cache figures
+    cache_write: int = 0
+    blocks: list[_Block] = field(default_factory=list)  # what is sent, after the limit
+    truncated: bool = False
     break_at: int | None = None
     error_at: int | None = None  # a stream's provider error event after this many pieces
     error_message: str = ""
@@ -373,6 +553,386 @@ class _Plan:
     # The usage object the reply reports instead of its true counts; None: no usage at all.
     usage_override: dict[str, Any] | None = None
     usage_replaced: bool = False
+
+    def limit_to(self, limit: int | None) -> None:
+        """Keep the first ``limit`` pieces of the full reply (blocks past them are dropped)."""
+        total = sum(len(block.pieces) for block in self.full)
+        self.truncated = limit is not None and total > limit
+        if limit is None or not self.truncated:
+            self.blocks = [replace(block, pieces=list(block.pieces)) for block in self.full]
+            return
+        left, self.blocks = limit, []
+        for block in self.full:
+            if left == 0:
+                break
+            kept = block.pieces[:left]
+            left -= len(kept)
+            self.blocks.append(replace(block, pieces=kept, complete=kept == block.pieces))
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop sequence that ended the reply; None when the token limit came first."""
+        return None if self.truncated else self.cut_at
+
+    @property
+    def pieces(self) -> list[tuple[int, str]]:
+        """Every piece to send, with the index of its block."""
+        return [(index, piece) for index, block in enumerate(self.blocks) for piece in block.pieces]
+
+    def count(self, kind: str | None = None) -> int:
+        return sum(len(b.pieces) for b in self.blocks if kind is None or b.kind == kind)
+
+    def text(self) -> str | None:
+        texts = [block.text for block in self.blocks if block.kind == "text"]
+        return "".join(texts) if texts else None
+
+    def tools(self) -> list[_Block]:
+        return [block for block in self.blocks if block.kind == "tool_use"]
+
+    def signature(self, block: _Block) -> str:
+        return _sign(self.secret, block.text)
+
+    def openai_finish(self) -> str:
+        if self.truncated:
+            return "length"
+        return "tool_calls" if self.tools() else "stop"
+
+    def anthropic_stop(self) -> str:
+        if self.truncated:
+            return "max_tokens"
+        if self.stop_sequence is not None:
+            return "stop_sequence"
+        return "tool_use" if self.tools() else "end_turn"
+
+
+@dataclass
+class _Inspection:
+    """What a validated request asks for, beyond model, messages and limit."""
+
+    prompt_tokens: int
+    images: int
+    tool_results: list[dict[str, Any]] | None  # the last message's results, if it is one
+    offered: set[str]  # names of the tools the request offers
+    tools_allowed: bool  # False under tool_choice none
+    thinking: bool  # Anthropic: the request enables thinking
+    stops: list[str]
+
+
+def _inspect(api: Api, payload: dict[str, Any], messages: list[Any], secret: bytes) -> _Inspection:
+    """Validate what the real API validates about tools, images, thinking and stops."""
+    images = (_openai_images if api == "openai" else _anthropic_images)(messages)
+    if api == "openai":
+        results = _openai_tool_results(messages)
+    else:
+        results = _anthropic_tool_results(messages)
+        _check_signatures(messages, secret)
+    tools = payload.get("tools")
+    offered: set[str] = set()
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function") if api == "openai" else tool
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            offered.add(function["name"])
+    choice = payload.get("tool_choice")
+    allowed = choice != "none" and not (isinstance(choice, dict) and choice.get("type") == "none")
+    thinking = False
+    if api == "anthropic":
+        thinking = _check_thinking(payload)
+    system = payload.get("system") if api == "anthropic" else None
+    return _Inspection(
+        prompt_tokens=prompt_tokens(messages, system, tools),
+        images=images,
+        tool_results=results,
+        offered=offered,
+        tools_allowed=allowed,
+        thinking=thinking,
+        stops=_stops(api, payload),
+    )
+
+
+def _stops(api: Api, payload: dict[str, Any]) -> list[str]:
+    if api == "openai":
+        stop = payload.get("stop")
+        if stop is None:
+            return []
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise _Reject(
+                "Invalid type for 'stop': expected a string or an array of strings.",
+                param="stop",
+                code="invalid_type",
+            )
+        if len(stops) > 4:
+            raise _Reject(
+                f"Invalid 'stop': array too long. Expected an array with maximum length 4, "
+                f"but got an array with length {len(stops)} instead.",
+                param="stop",
+                code="array_above_max_length",
+            )
+        return [s for s in stops if s]
+    stops = payload.get("stop_sequences")
+    if stops is None:
+        return []
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise _Reject("stop_sequences: Input should be a valid list of strings")
+    if any(not s.strip() for s in stops):
+        raise _Reject("stop_sequences: each stop sequence must contain non-whitespace")
+    return list(stops)
+
+
+def _check_thinking(payload: dict[str, Any]) -> bool:
+    """Whether an Anthropic request enables thinking; _Reject for an invalid budget."""
+    thinking = payload.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive"):
+        return False
+    if thinking["type"] == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+            raise _Reject(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        limit = payload.get("max_tokens")
+        if isinstance(limit, int) and limit <= budget:
+            raise _Reject("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    return True
+
+
+def _check_signatures(messages: list[Any], secret: bytes) -> None:
+    """Thinking blocks passed back must carry the signature this mock gave their text."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(block, dict) or block.get("type") != "thinking":
+                continue
+            signature, text = block.get("signature"), block.get("thinking")
+            if not isinstance(signature, str):
+                raise _Reject(f"messages.{i}.content.{j}.thinking.signature: Field required")
+            if not isinstance(text, str) or not hmac.compare_digest(signature, _sign(secret, text)):
+                raise _Reject(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+
+
+def _openai_images(messages: list[Any]) -> int:
+    count = 0
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            where = f"messages[{i}].content[{j}].image_url.url"
+            param = f"messages.[{i}].content.[{j}].image_url.url"
+            if not isinstance(url, str):
+                raise _Reject(
+                    f"Missing required parameter: '{where}'.",
+                    param=param,
+                    code="missing_required_parameter",
+                )
+            if not OPENAI_IMAGE_URL.match(url):
+                raise _Reject(
+                    f"Invalid image URL: '{where}'. Expected a base64-encoded data URL with an "
+                    "image MIME type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), or "
+                    "an http(s) URL.",
+                    param=param,
+                    code="invalid_image_url",
+                )
+            count += 1
+    return count
+
+
+def _anthropic_images(messages: list[Any]) -> int:
+    count = 0
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "image":
+                _check_anthropic_image(block, f"messages.{i}.content.{j}.image")
+                count += 1
+            elif block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+                for k, inner in enumerate(block["content"]):
+                    if isinstance(inner, dict) and inner.get("type") == "image":
+                        where = f"messages.{i}.content.{j}.tool_result.content.{k}.image"
+                        _check_anthropic_image(inner, where)
+                        count += 1
+    return count
+
+
+def _check_anthropic_image(block: dict[str, Any], where: str) -> None:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _Reject(f"{where}.source: Field required")
+    kind = source.get("type")
+    if kind == "base64":
+        if source.get("media_type") not in ANTHROPIC_MEDIA_TYPES:
+            expected = ", ".join(f"'{media}'" for media in ANTHROPIC_MEDIA_TYPES[:-1])
+            raise _Reject(
+                f"{where}.source.base64.media_type: Input should be {expected} or "
+                f"'{ANTHROPIC_MEDIA_TYPES[-1]}'"
+            )
+        data = source.get("data")
+        if not isinstance(data, str) or not data:
+            raise _Reject(f"{where}.source.base64.data: Field required")
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Reject(f"{where}.source.base64.data: invalid base64 data") from None
+    elif kind == "url":
+        if not isinstance(source.get("url"), str):
+            raise _Reject(f"{where}.source.url.url: Field required")
+    elif kind == "file":
+        if not isinstance(source.get("file_id"), str):
+            raise _Reject(f"{where}.source.file.file_id: Field required")
+    else:
+        raise _Reject(
+            f"{where}.source: Input tag '{kind}' found using 'type' does not match any of the "
+            "expected tags: 'base64', 'file', 'url'"
+        )
+
+
+def _images_in(content: Any, kind: str) -> int:
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") == kind)
+
+
+def _openai_tool_results(messages: list[Any]) -> list[dict[str, Any]] | None:
+    """Check every tool message answers the assistant turn before it, and every call is
+    answered; the trailing tool messages' results, or None when the last message is none."""
+    calls: list[str] | None = None  # the ids the latest assistant turn called
+    answered: set[str] = set()
+    opened = 0  # that assistant turn's index
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            assert isinstance(message, dict)
+            if calls is None:
+                raise _Reject(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    param=f"messages.[{i}].role",
+                )
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise _Reject(
+                    "Missing parameter 'tool_call_id': messages with role 'tool' must have a "
+                    "'tool_call_id'.",
+                    param=f"messages.[{i}].tool_call_id",
+                )
+            if call_id not in calls:
+                raise _Reject(
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message.",
+                    param=f"messages.[{i}].tool_call_id",
+                )
+            answered.add(call_id)
+            continue
+        _openai_all_answered(calls, answered, opened)
+        calls, answered, opened = None, set(), i
+        if role == "assistant" and isinstance(message, dict):
+            listed = message.get("tool_calls")
+            if isinstance(listed, list) and listed:
+                calls = [str(c.get("id")) for c in listed if isinstance(c, dict)]
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "tool":
+        return None
+    first = len(messages)
+    while first > 0 and isinstance(messages[first - 1], dict):
+        if messages[first - 1].get("role") != "tool":
+            break
+        first -= 1
+    return [
+        {
+            "tool_use_id": m["tool_call_id"],
+            "text": _text_of(m.get("content")),
+            "is_error": False,
+            "images": _images_in(m.get("content"), "image_url"),
+        }
+        for m in messages[first:]
+    ]
+
+
+def _openai_all_answered(calls: list[str] | None, answered: set[str], at: int) -> None:
+    missing = [call for call in calls or [] if call not in answered]
+    if missing:
+        raise _Reject(
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(map(str, missing))}",
+            param=f"messages.[{at}].role",
+        )
+
+
+def _blocks(message: Any, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [(j, b) for j, b in enumerate(content) if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _anthropic_tool_results(messages: list[Any]) -> list[dict[str, Any]] | None:
+    """Check tool results answer the message before, and tool uses are answered in the next;
+    the last message's results, or None when it has no tool_result block."""
+    for i, message in enumerate(messages):
+        uses = {b.get("id") for _, b in _blocks(messages[i - 1], "tool_use")} if i else set()
+        results = _blocks(message, "tool_result")
+        for j, block in results:
+            if block.get("tool_use_id") not in uses:
+                raise _Reject(
+                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                    f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                    "block must have a corresponding `tool_use` block in the previous message."
+                )
+        if i and uses:
+            missing = uses - {b.get("tool_use_id") for _, b in results}
+            if missing:
+                raise _Reject(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(sorted(map(str, missing)))}. Each "
+                    "`tool_use` block must have a corresponding `tool_result` block in the "
+                    "next message."
+                )
+    last = _blocks(messages[-1], "tool_result") if messages else []
+    if not last or messages[-1].get("role") != "user":
+        return None
+    return [
+        {
+            "tool_use_id": block.get("tool_use_id"),
+            "text": _text_of(block.get("content")),
+            "is_error": block.get("is_error") is True,
+            "images": _images_in(block.get("content"), "image"),
+        }
+        for _, block in last
+    ]
+
+
+def _cut_at_stop(blocks: list[_Block], stops: list[str]) -> str | None:
+    """Cut the reply's text just before the first stop sequence in it (dropping all that
+    follows); the sequence, or None when the text contains none."""
+    for index, block in enumerate(blocks):
+        if block.kind != "text":
+            continue
+        text = block.text
+        found = [(text.find(stop), stop) for stop in stops if stop in text]
+        if not found:
+            return None
+        at, stop = min(found)
+        kept, length = [], 0
+        for piece in block.pieces:
+            if length + len(piece) >= at:
+                if at > length:
+                    kept.append(piece[: at - length])
+                break
+            kept.append(piece)
+            length += len(piece)
+        block.pieces = kept
+        del blocks[index + 1 :]
+        return stop
+    return None
 
 
 class MockProvider:
@@ -382,6 +942,8 @@ class MockProvider:
         self.config = Config(chunks=0, chunk_delay=0.0, ttft=0.0)
         self.configure({"chunks": chunks, "chunk_delay": chunk_delay, "ttft": ttft})
         self._defaults = copy.copy(self.config)
+        # Signs the thinking blocks this process makes, so it can tell them when they return.
+        self._secret = secrets.token_bytes(32)
         self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
         self.calls = 0
 
@@ -419,8 +981,18 @@ class MockProvider:
           as a 200, say), streamed or not;
         - ``{"type": "prefer_max_tokens"}``: an OpenAI call keeps to ``max_tokens`` even when
           ``max_completion_tokens`` is set (as some OpenAI-compatible servers do).
+
+        Agent keys (the module docs say what each reply does with them):
+
+        - ``tool_calls``: ``[{"name": str, "arguments": {...}}, ...]`` or null: the calls a
+          request offering those tools gets, all in one turn;
+        - ``tool_text``: a non-empty string or null: a text piece before the tool calls;
+        - ``arguments_chunk`` (int, at least 1; default 8): characters of arguments JSON per
+          streamed piece;
+        - ``thinking``: a non-empty string or null: the reply's thinking / reasoning text;
+        - ``cache``: ``{"read": R, "write": W}`` or null: the cache figures replies report.
         """
-        unknown = set(changes) - {"chunks", "chunk_delay", "ttft", "text", "faults"}
+        unknown = set(changes) - CONFIG_KEYS
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
         new = copy.copy(self.config)
@@ -441,6 +1013,25 @@ class MockProvider:
             if not isinstance(changes["faults"], list):
                 raise ConfigError("faults must be a list")
             new.faults = [_parse_fault(rule) for rule in changes["faults"]]
+        if "tool_calls" in changes:
+            new.tool_calls = _parse_tool_calls(changes["tool_calls"])
+        for name in ("tool_text", "thinking"):
+            if name in changes:
+                value = changes[name]
+                if value is not None and (not isinstance(value, str) or not value):
+                    raise ConfigError(f"{name} must be null or a non-empty string")
+                setattr(new, name, value)
+        if "arguments_chunk" in changes:
+            new.arguments_chunk = _count(changes, "arguments_chunk")
+            if new.arguments_chunk < 1:
+                raise ConfigError("arguments_chunk must be at least 1")
+        if "cache" in changes:
+            cache = changes["cache"]
+            if cache is not None:
+                if not isinstance(cache, dict) or set(cache) != {"read", "write"}:
+                    raise ConfigError('cache must be null or {"read": N, "write": M}')
+                cache = {"read": _count(cache, "read"), "write": _count(cache, "write")}
+            new.cache = cache
         self.config = new
 
     def stats(self) -> dict[str, Any]:
@@ -469,6 +1060,8 @@ class MockProvider:
         if method == "POST" and path == "/v1/chat/completions":
             await self._provider_call("openai", scope, body, receive, send)
         elif method == "POST" and path == "/v1/messages":
+            await self._provider_call("anthropic", scope, body, receive, send)
+        elif method == "POST" and path == "/v1/messages/count_tokens":
             await self._provider_call("anthropic", scope, body, receive, send)
         elif method == "GET" and path == "/v1/models":
             await _send_json(send, 200, MODEL_LIST)
@@ -520,6 +1113,7 @@ class MockProvider:
             "id": prefix + secrets.token_hex(12),
             "api": api,
             "path": scope["path"],
+            "query": scope.get("query_string", b"").decode("latin-1"),
             "api_key": _api_key(api, headers),
             "model": None,
             "stream": False,
@@ -536,6 +1130,11 @@ class MockProvider:
             "disconnected_at": None,
             "usage": None,
             "fault": None,
+            "images": 0,
+            "tool_results": None,
+            "tool_calls": [],
+            "thinking": None,
+            "stop_sequence": None,
         }
         self.records.append(record)
         gone = asyncio.ensure_future(_disconnected(receive))
@@ -572,19 +1171,53 @@ class MockProvider:
         record["stream"] = payload.get("stream") is True
         model = payload.get("model")
         record["model"] = model if isinstance(model, str) else None
+        if record["path"] == "/v1/messages/count_tokens":
+            await self._count_tokens(call, payload)
+            return
         plan = await self._plan(call, payload)
         if plan is None:
             return
         record["usage"] = {"input_tokens": plan.prompt_tokens, "output_tokens": 0}
+        if plan.cache_read is not None:
+            record["usage"]["cache_read_tokens"] = plan.cache_read
+            record["usage"]["cache_write_tokens"] = plan.cache_write
 
         action = self._take_fault(api, api_key, plan.model)
         record["fault"] = None if action is None else action["type"]
         if action is not None and await self._fault(call, plan, action):
             return
+        record["tool_calls"] = [
+            {"id": block.call_id, "name": block.name, "arguments": block.arguments}
+            for block in plan.tools()
+        ]
+        thinking = [block.text for block in plan.blocks if block.kind == "thinking"]
+        record["thinking"] = thinking[0] if thinking else None
+        if thinking:
+            record["usage"]["reasoning_tokens"] = 0
+        record["stop_sequence"] = plan.stop_sequence
         if record["stream"]:
             await self._stream(call, plan, payload)
         else:
             await self._complete(call, plan)
+
+    async def _count_tokens(self, call: _Call, payload: dict[str, Any]) -> None:
+        """Anthropic's token counter: the prompt-token rule, on a request checked as
+        ``/v1/messages`` checks it (but without ``max_tokens``)."""
+        model, messages = payload.get("model"), payload.get("messages")
+        for name, value, kind in (("model", model, str), ("messages", messages, list)):
+            if not isinstance(value, kind):
+                await call.error(400, f"{name}: Field required")
+                return
+        assert isinstance(messages, list)
+        try:
+            seen = _inspect("anthropic", payload, messages, self._secret)
+        except _Reject as exc:
+            await call.error(400, exc.message)
+            return
+        call.record["images"] = seen.images
+        call.record["tool_results"] = seen.tool_results
+        call.record["usage"] = {"input_tokens": seen.prompt_tokens, "output_tokens": 0}
+        await call.json(200, {"input_tokens": seen.prompt_tokens})
 
     async def _fault(self, call: _Call, plan: _Plan, action: dict[str, Any]) -> bool:
         """Apply a fault action; True when it has answered the call itself."""
@@ -600,7 +1233,11 @@ class MockProvider:
             return await call.pause(action["seconds"])
         elif kind == "echo_key_in_answer":
             quote = f"Rate limit reached for key {call.record['api_key']}. "
-            plan.pieces = [quote, *plan.pieces[1:]]
+            texts = [block for block in plan.blocks if block.kind == "text"]
+            if texts:
+                texts[0].pieces = [quote, *texts[0].pieces[1:]]
+            else:
+                plan.blocks.insert(0, _Block("text", [quote]))
             return False
         elif kind == "stream_error":
             plan.error_at = action["chunks"]
@@ -618,10 +1255,7 @@ class MockProvider:
         elif kind == "prefer_max_tokens":
             limit = call.record["body"].get("max_tokens")
             if call.api == "openai" and isinstance(limit, int) and not isinstance(limit, bool):
-                text = self.config.text or DEFAULT_TEXT
-                count = min(self.config.chunks, limit)
-                plan.pieces = [text[i % len(text)] for i in range(count)]
-                plan.truncated = count < self.config.chunks
+                plan.limit_to(limit)
             return False
         else:  # break_after: the normal reply, cut short
             plan.break_at = action["chunks"]
@@ -657,18 +1291,53 @@ class MockProvider:
             await call.error(400, message, param=limit_name, code="invalid_value")
             return None
 
+        try:
+            seen = _inspect(call.api, payload, messages, self._secret)
+        except _Reject as exc:
+            await call.error(400, exc.message, param=exc.param, code=exc.code)
+            return None
+        call.record["images"] = seen.images
+        call.record["tool_results"] = seen.tool_results
+
         config = self.config
-        count = config.chunks if limit is None else min(config.chunks, limit)
-        text = config.text or DEFAULT_TEXT
-        system = payload.get("system") if call.api == "anthropic" else None
-        return _Plan(
+        blocks: list[_Block] = []
+        if config.thinking is not None and (call.api == "openai" or seen.thinking):
+            blocks.append(_Block("thinking", _word_pieces(config.thinking)))
+        mention = [f"I see {seen.images} image(s). "] if seen.images else []
+        calls = [] if not seen.tools_allowed or seen.tool_results is not None else [
+            tool for tool in config.tool_calls or [] if tool["name"] in seen.offered
+        ]  # fmt: skip
+        if seen.tool_results is not None:
+            text = "Tool results: " + " | ".join(r["text"] for r in seen.tool_results)
+            blocks.append(_Block("text", [*mention, *_word_pieces(text)]))
+        elif calls:
+            if config.tool_text is not None:
+                blocks.append(_Block("text", [*mention, *_word_pieces(config.tool_text)]))
+            id_prefix, size = "call_" if call.api == "openai" else "toolu_", config.arguments_chunk
+            for tool in calls:
+                arguments = _encode(tool["arguments"])
+                pieces = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+                call_id = id_prefix + secrets.token_hex(12)
+                block = _Block("tool_use", pieces, call_id, tool["name"], tool["arguments"])
+                blocks.append(block)
+        else:
+            words = config.text or DEFAULT_TEXT
+            pieces = [words[i % len(words)] for i in range(config.chunks)]
+            blocks.append(_Block("text", [*mention, *pieces]))
+        plan = _Plan(
             model=model,
-            pieces=[text[i % len(text)] for i in range(count)],
-            truncated=count < config.chunks,
-            prompt_tokens=prompt_tokens(messages, system),
+            full=blocks,
+            prompt_tokens=seen.prompt_tokens,
             ttft=config.ttft,
             chunk_delay=config.chunk_delay,
+            secret=self._secret,
+            cut_at=_cut_at_stop(blocks, seen.stops),
         )
+        if config.cache is not None:
+            plan.cache_read = config.cache["read"]
+            plan.cache_write = config.cache["write"] if call.api == "anthropic" else 0
+        plan.limit_to(limit)
+        return plan
 
     async def _status_fault(self, call: _Call, action: dict[str, Any]) -> None:
         status: int = action["status"]
@@ -693,9 +1362,8 @@ class MockProvider:
         count = len(plan.pieces)
         if await call.pause(plan.ttft + plan.chunk_delay * max(count - 1, 0)):
             return
-        text = "".join(plan.pieces)
         reply = _openai_reply if call.api == "openai" else _anthropic_reply
-        payload = reply(call.record["id"], plan, text)
+        payload = reply(call.record["id"], plan)
         if plan.break_at is not None:
             data = _json(payload)
             await call.start(200, [JSON_TYPE])
@@ -705,8 +1373,10 @@ class MockProvider:
         record = call.record
         record["first_chunk_at"] = time.time()
         record["chunks_sent"] = count
-        record["text_sent"] = text
+        record["text_sent"] = plan.text() or ""
         record["usage"]["output_tokens"] = count
+        if "reasoning_tokens" in record["usage"]:
+            record["usage"]["reasoning_tokens"] = plan.count("thinking")
         await call.json(200, payload)
 
     async def _stream(self, call: _Call, plan: _Plan, payload: dict[str, Any]) -> None:
@@ -719,7 +1389,7 @@ class MockProvider:
         await call.start(200, SSE_HEADERS)
         for frame in frames.opening():
             await call.body(frame)
-        for index, piece in enumerate(plan.pieces):
+        for index, (block, piece) in enumerate(plan.pieces):
             if index == plan.break_at:
                 await call.abort()
                 return
@@ -730,7 +1400,7 @@ class MockProvider:
                 await call.body(b"data: <html>upstream proxy error</html>\n\n")
             if await call.pause(plan.ttft if index == 0 else plan.chunk_delay):
                 return
-            await call.piece(frames.piece(piece), piece)
+            await call.piece(frames.piece(block, piece), piece, plan.blocks[block].kind)
         if plan.break_at is not None:
             await call.abort()
             return
@@ -764,8 +1434,47 @@ async def _send_json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def _openai_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
-    completion = len(plan.pieces)
+def _openai_usage(plan: _Plan) -> dict[str, Any]:
+    completion = plan.count()
+    usage: dict[str, Any] = {
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": plan.prompt_tokens + completion,
+    }
+    # The details objects only when they have something to say, as OpenAI-compatible
+    # providers (Moonshot, DeepSeek) send them.
+    if plan.cache_read is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": plan.cache_read, "audio_tokens": 0}
+    reasoning = plan.count("thinking")
+    if reasoning:
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
+    return usage
+
+
+def _openai_reply(reply_id: str, plan: _Plan) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": plan.text(),
+        "refusal": None,
+        "annotations": [],
+    }
+    thinking = [block.text for block in plan.blocks if block.kind == "thinking"]
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    if plan.tools():
+        message["tool_calls"] = [
+            {
+                "id": block.call_id,
+                "type": "function",
+                "function": {"name": block.name, "arguments": block.text},
+            }
+            for block in plan.tools()
+        ]
     reply = {
         "id": reply_id,
         "object": "chat.completion",
@@ -774,21 +1483,12 @@ def _openai_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "refusal": None,
-                    "annotations": [],
-                },
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "length" if plan.truncated else "stop",
+                "finish_reason": plan.openai_finish(),
             }
         ],
-        "usage": {
-            "prompt_tokens": plan.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": plan.prompt_tokens + completion,
-        },
+        "usage": _openai_usage(plan),
         "service_tier": "default",
         "system_fingerprint": "fp_mock",
     }
@@ -805,25 +1505,40 @@ def _with_usage(reply: dict[str, Any], plan: _Plan, key: str = "usage") -> dict[
     return reply
 
 
-def _anthropic_usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+def _anthropic_usage(plan: _Plan, output_tokens: int) -> dict[str, int]:
+    """Anthropic's figures: ``input_tokens`` leaves out the cached prompt tokens."""
+    read = plan.cache_read or 0
+    write = plan.cache_write
     return {
-        "input_tokens": input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": max(plan.prompt_tokens - read - write, 0),
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
         "output_tokens": output_tokens,
     }
 
 
-def _anthropic_reply(reply_id: str, plan: _Plan, text: str) -> dict[str, Any]:
+def _anthropic_block(plan: _Plan, block: _Block, *, whole: bool) -> dict[str, Any]:
+    """A content block as a reply carries it (``whole``) or as its content_block_start does."""
+    if block.kind == "text":
+        return {"type": "text", "text": block.text if whole else ""}
+    if block.kind == "thinking":
+        if not whole:
+            return {"type": "thinking", "thinking": "", "signature": ""}
+        return {"type": "thinking", "thinking": block.text, "signature": plan.signature(block)}
+    arguments = block.arguments if whole and block.complete else None
+    return {"type": "tool_use", "id": block.call_id, "name": block.name, "input": arguments or {}}
+
+
+def _anthropic_reply(reply_id: str, plan: _Plan) -> dict[str, Any]:
     reply = {
         "id": reply_id,
         "type": "message",
         "role": "assistant",
         "model": plan.model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if plan.truncated else "end_turn",
-        "stop_sequence": None,
-        "usage": _anthropic_usage(plan.prompt_tokens, len(plan.pieces)),
+        "content": [_anthropic_block(plan, block, whole=True) for block in plan.blocks],
+        "stop_reason": plan.anthropic_stop(),
+        "stop_sequence": plan.stop_sequence,
+        "usage": _anthropic_usage(plan, plan.count()),
     }
     return _with_usage(reply, plan)
 
@@ -833,7 +1548,9 @@ class _Frames(Protocol):
 
     def opening(self) -> list[bytes]: ...
 
-    def piece(self, text: str) -> bytes: ...
+    def piece(self, block: int, text: str) -> list[bytes]:
+        """The frames that send piece ``text`` of block ``block`` (the piece's own last)."""
+        ...
 
     def closing(self) -> list[bytes]: ...
 
@@ -850,6 +1567,9 @@ class _OpenAIFrames:
             "service_tier": "default",
             "system_fingerprint": "fp_mock",
         }
+        tools = [i for i, block in enumerate(plan.blocks) if block.kind == "tool_use"]
+        self.tool_index = {block: index for index, block in enumerate(tools)}
+        self.started: set[int] = set()
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -859,31 +1579,73 @@ class _OpenAIFrames:
         return b"data: " + _json(chunk) + b"\n\n"
 
     def opening(self) -> list[bytes]:
-        return [self._chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+        # A reply of tool calls only has null content, as OpenAI sends it.
+        content = None if self.plan.text() is None else ""
+        return [self._chunk({"role": "assistant", "content": content, "refusal": None}, None)]
 
-    def piece(self, text: str) -> bytes:
-        return self._chunk({"content": text}, None)
+    def piece(self, block: int, text: str) -> list[bytes]:
+        kind = self.plan.blocks[block].kind
+        if kind == "text":
+            return [self._chunk({"content": text}, None)]
+        if kind == "thinking":  # Moonshot's and DeepSeek's field for it
+            return [self._chunk({"reasoning_content": text}, None)]
+        frames = []
+        index = self.tool_index[block]
+        if block not in self.started:  # a call opens with its id and name, no arguments
+            self.started.add(block)
+            call = self.plan.blocks[block]
+            function = {"name": call.name, "arguments": ""}
+            opening = {"index": index, "id": call.call_id, "type": "function", "function": function}
+            frames.append(self._chunk({"tool_calls": [opening]}, None))
+        arguments = {"index": index, "function": {"arguments": text}}
+        frames.append(self._chunk({"tool_calls": [arguments]}, None))
+        return frames
 
     def closing(self) -> list[bytes]:
         plan = self.plan
-        frames = [self._chunk({}, "length" if plan.truncated else "stop")]
+        frames = [self._chunk({}, plan.openai_finish())]
         if self.include_usage:
-            completion = len(plan.pieces)
-            usage = {
-                "prompt_tokens": plan.prompt_tokens,
-                "completion_tokens": completion,
-                "total_tokens": plan.prompt_tokens + completion,
-            }
-            chunk = _with_usage({**self.head, "choices": [], "usage": usage}, plan)
+            chunk = _with_usage({**self.head, "choices": [], "usage": _openai_usage(plan)}, plan)
             frames.append(b"data: " + _json(chunk) + b"\n\n")
         frames.append(b"data: [DONE]\n\n")
         return frames
 
 
 class _AnthropicFrames:
+    """Block 0 starts at once; each later block starts (after the previous one stopped) with
+    its first piece, or at the end when it has none."""
+
+    DELTAS = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"),
+              "tool_use": ("input_json_delta", "partial_json")}  # fmt: skip
+
     def __init__(self, reply_id: str, plan: _Plan) -> None:
         self.reply_id = reply_id
         self.plan = plan
+        self.current = 0  # the block started last
+
+    def _start(self, index: int) -> bytes:
+        block = _anthropic_block(self.plan, self.plan.blocks[index], whole=False)
+        event = {"type": "content_block_start", "index": index, "content_block": block}
+        return _sse("content_block_start", event)
+
+    def _stop(self, index: int) -> list[bytes]:
+        frames = []
+        block = self.plan.blocks[index]
+        if block.kind == "thinking":  # its signature comes just before its stop
+            delta = {"type": "signature_delta", "signature": self.plan.signature(block)}
+            event = {"type": "content_block_delta", "index": index, "delta": delta}
+            frames.append(_sse("content_block_delta", event))
+        event = {"type": "content_block_stop", "index": index}
+        return [*frames, _sse("content_block_stop", event)]
+
+    def _advance(self, to: int) -> list[bytes]:
+        frames = []
+        while self.current < to:
+            frames += self._stop(self.current)
+            self.current += 1
+            if self.current < len(self.plan.blocks):
+                frames.append(self._start(self.current))
+        return frames
 
     def opening(self) -> list[bytes]:
         message: dict[str, Any] = {
@@ -894,37 +1656,31 @@ class _AnthropicFrames:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": _anthropic_usage(self.plan.prompt_tokens, 1),
-        }
-        block = {
-            "type": "content_block_start",
-            "index": 0,
-            "content_block": {"type": "text", "text": ""},
+            "usage": _anthropic_usage(self.plan, 1),
         }
         return [
             _sse("message_start", {"type": "message_start", "message": message}),
-            _sse("content_block_start", block),
+            self._start(0),
             _sse("ping", {"type": "ping"}),
         ]
 
-    def piece(self, text: str) -> bytes:
-        delta = {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": text},
-        }
-        return _sse("content_block_delta", delta)
+    def piece(self, block: int, text: str) -> list[bytes]:
+        kind, field_name = self.DELTAS[self.plan.blocks[block].kind]
+        delta = {"type": kind, field_name: text}
+        event = {"type": "content_block_delta", "index": block, "delta": delta}
+        return [*self._advance(block), _sse("content_block_delta", event)]
 
     def closing(self) -> list[bytes]:
-        stop_reason = "max_tokens" if self.plan.truncated else "end_turn"
+        plan = self.plan
         message_delta = {
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": len(self.plan.pieces)},
+            "delta": {"stop_reason": plan.anthropic_stop(), "stop_sequence": plan.stop_sequence},
+            # Real streams repeat the input and cache counts here, cumulative like the output.
+            "usage": _anthropic_usage(plan, plan.count()),
         }
-        _with_usage(message_delta, self.plan)
+        _with_usage(message_delta, plan)
         return [
-            _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            *self._advance(len(plan.blocks)),
             _sse("message_delta", message_delta),
             _sse("message_stop", {"type": "message_stop"}),
         ]

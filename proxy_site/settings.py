@@ -194,8 +194,6 @@ PROXY_MAX_BODY_BYTES = env_int("PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=
 # so a small PROXY_MAX_BODY_BYTES does not starve the admin.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(PROXY_MAX_BODY_BYTES, 2_621_440)
 PROXY_MAX_MESSAGES = env_int("PROXY_MAX_MESSAGES", 2000, minimum=1)
-# Chat parameters beyond OpenAI's own to pass on (comma-separated), for providers with extras.
-PROXY_EXTRA_CHAT_FIELDS = frozenset(env_list("PROXY_EXTRA_CHAT_FIELDS"))
 # The most tokens one request may reserve (prompt estimate + completion allowance).
 PROXY_MAX_REQUEST_TOKENS = env_int("PROXY_MAX_REQUEST_TOKENS", 2_000_000, minimum=1000)
 # How long a process trusts its cached view of a tenant (tier, routes, keys) before reading
@@ -215,6 +213,12 @@ PROXY_MAX_ANSWER_BYTES = env_int("PROXY_MAX_ANSWER_BYTES", 32 * 1024 * 1024, min
 # event and PROXY_STREAM_BUFFER_BYTES at a time, however long it runs).
 PROXY_MAX_EVENT_BYTES = env_int("PROXY_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=65536)
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
+# The `anthropic-beta` features an Anthropic client may ask of an Anthropic route
+# (comma-separated); unset, every beta the client names is forwarded (Claude Code sends
+# several, and new ones every month). A beta not listed is dropped from the header.
+PROXY_ANTHROPIC_BETAS: frozenset[str] | None = (
+    frozenset(env_list("PROXY_ANTHROPIC_BETAS")) if env_str("PROXY_ANTHROPIC_BETAS") else None
+)
 # A stream whose provider has not started answering after this many seconds is opened to the
 # client anyway, with `: keep-alive` comments every as many seconds, so that clients and load
 # balancers with idle timeouts do not drop it while a slow model thinks.

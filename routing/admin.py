@@ -21,7 +21,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from core.adminutils import adopt, form_changes
 from routing import services
 from routing.health import key_health_get
-from routing.models import ModelRoute, Provider, ProviderKey
+from routing.models import ModelAlias, ModelRoute, Provider, ProviderKey
 
 
 @admin.register(Provider)
@@ -172,6 +172,8 @@ class ModelRouteAdmin(admin.ModelAdmin[ModelRoute]):
         "priority",
         "input_usd_per_mtok",
         "output_usd_per_mtok",
+        "cache_read_usd_per_mtok",
+        "cache_write_usd_per_mtok",
         "enabled",
     )
     list_filter = ("tier", "provider", "enabled")
@@ -194,3 +196,28 @@ class ModelRouteAdmin(admin.ModelAdmin[ModelRoute]):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelRoute]) -> None:
         for route in queryset:
             services.route_delete(route=route)
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(admin.ModelAdmin[ModelAlias]):
+    list_display = ("tier", "name", "model", "updated_at")
+    list_filter = ("tier",)
+    search_fields = ("name", "model")
+    list_select_related = ("tier",)
+    readonly_fields = ("created_at", "updated_at")
+
+    def save_model(
+        self, request: HttpRequest, obj: ModelAlias, form: forms.ModelForm[ModelAlias], change: bool
+    ) -> None:
+        if change:
+            services.alias_update(alias=obj, **form_changes(form))
+        else:
+            adopt(obj, services.alias_create(**form.cleaned_data))
+
+    def delete_model(self, request: HttpRequest, obj: ModelAlias) -> None:
+        services.alias_delete(alias=obj)
+
+    @transaction.atomic
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelAlias]) -> None:
+        for alias in queryset:
+            services.alias_delete(alias=alias)

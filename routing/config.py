@@ -1,4 +1,5 @@
-"""Declarative configuration: a TOML file describes tiers, providers, keys, routes, tenants.
+"""Declarative configuration: a TOML file describes tiers, providers, keys, routes, model
+aliases and tenants.
 
 Applying a file makes the database match it and reports what changed; applying the same
 file again changes nothing. Everything is validated before anything is written, and the
@@ -6,7 +7,8 @@ writes happen in one transaction, so a bad file leaves the database as it was.
 
 What "declarative" covers: every object the file names is created or updated to match.
 Pooled keys of a provider the file names, and routes of a tier the file names, that the
-file does not list are disabled (not deleted: the ledger still points at them). Tenants the
+file does not list are disabled (not deleted: the ledger still points at them); aliases of a
+named tier that the file does not list are deleted. Tenants the
 file does not name are left alone, since platforms usually create those through the admin.
 """
 
@@ -26,7 +28,7 @@ from django.db import models, transaction
 from django.views.decorators.debug import sensitive_variables
 
 from routing import keyring, services
-from routing.models import ModelRoute, Provider, ProviderKey
+from routing.models import ModelAlias, ModelRoute, Provider, ProviderKey
 from tenants import services as tenant_services
 from tenants.models import Tenant, Tier
 
@@ -70,8 +72,11 @@ _ROUTE_FIELDS = {
     "priority": int,
     "input_usd_per_mtok": Decimal,
     "output_usd_per_mtok": Decimal,
+    "cache_read_usd_per_mtok": Decimal,
+    "cache_write_usd_per_mtok": Decimal,
     "enabled": bool,
 }
+_ALIAS_FIELDS = {"tier": str, "name": str, "model": str}
 _TENANT_FIELDS = {
     "name": str,
     "tier": str,
@@ -196,7 +201,7 @@ def _updated(report: ConfigReport, label: str, changed: list[str]) -> None:
 
 @sensitive_variables()  # the environment and the provider keys read from it
 def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigReport:
-    unknown = sorted(set(data) - {"tiers", "providers", "routes", "tenants"})
+    unknown = sorted(set(data) - {"tiers", "providers", "routes", "aliases", "tenants"})
     if unknown:
         raise ConfigError(f"Unknown top-level section(s): {', '.join(unknown)}.")
 
@@ -243,6 +248,13 @@ def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigR
         )
         for index, spec in enumerate(raw_routes)
     ]
+    raw_aliases = data.get("aliases", [])
+    if not isinstance(raw_aliases, list):
+        raise ConfigError("[[aliases]] must be an array of tables.")
+    aliases = [
+        _fields(f"[[aliases]] #{index + 1}", spec, _ALIAS_FIELDS, ("tier", "name", "model"))
+        for index, spec in enumerate(raw_aliases)
+    ]
     tenants = {
         slug: _fields(f"[tenants.{slug}]", spec, _TENANT_FIELDS, ("name", "tier"))
         for slug, spec in _table(data, "tenants").items()
@@ -250,7 +262,7 @@ def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigR
 
     report = ConfigReport()
     with transaction.atomic():
-        _apply(tiers, providers, routes, tenants, report)
+        _apply(tiers, providers, routes, aliases, tenants, report)
     return report
 
 
@@ -272,6 +284,7 @@ def _apply(
     tiers: dict[str, dict[str, Any]],
     providers: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],
     routes: list[dict[str, Any]],
+    aliases: list[dict[str, Any]],
     tenants: dict[str, dict[str, Any]],
     report: ConfigReport,
 ) -> None:
@@ -284,7 +297,12 @@ def _apply(
     )
     key_defaults = _defaults(ProviderKey, ["weight", "enabled"])
     route_defaults = _defaults(
-        ModelRoute, ["priority", "input_usd_per_mtok", "output_usd_per_mtok", "enabled"]
+        ModelRoute,
+        [
+            name
+            for name in _ROUTE_FIELDS
+            if name not in ("tier", "model", "provider", "upstream_model")
+        ],
     )
 
     tier_objs: dict[str, Tier] = {}
@@ -373,6 +391,28 @@ def _apply(
         for unlisted in ModelRoute.objects.filter(tier=tier, enabled=True).exclude(pk__in=keep):
             services.route_update(route=unlisted, enabled=False)
             _updated(report, f"route {unlisted}", ["enabled"])
+
+    # Aliases hold nothing the ledger points at: one a named tier no longer lists is deleted.
+    listed_aliases: dict[int, set[int]] = {}
+    for index, values in enumerate(aliases):
+        where = f"[[aliases]] #{index + 1}"
+        tier = tier_named(values["tier"], where)
+        label = f"alias {tier.slug}:{values['name']} -> {values['model']}"
+        alias = ModelAlias.objects.filter(tier=tier, name=values["name"]).first()
+        with _checked(label):
+            if alias is None:
+                alias = services.alias_create(tier=tier, name=values["name"], model=values["model"])
+                report.add(f"created {label}")
+            elif alias.model != values["model"]:
+                services.alias_update(alias=alias, model=values["model"])
+                _updated(report, label, ["model"])
+        listed_aliases.setdefault(tier.pk, set()).add(alias.pk)
+    for tier_slug in tiers:
+        tier = tier_objs[tier_slug]
+        keep = listed_aliases.get(tier.pk, set())
+        for unlisted_alias in ModelAlias.objects.filter(tier=tier).exclude(pk__in=keep):
+            services.alias_delete(alias=unlisted_alias)
+            report.add(f"deleted alias {unlisted_alias}")
 
     for slug, values in tenants.items():
         where, label = f"[tenants.{slug}]", f"tenant {slug}"

@@ -2,7 +2,7 @@
 
 A :class:`TenantContext` is an immutable snapshot of the tenant, its tier's limits and the
 tier's routes with their providers and (sealed) keys. Building it takes one thread hop and
-three queries; the cache keeps it for ``PROXY_CONTEXT_TTL`` seconds so authenticating a
+four queries; the cache keeps it for ``PROXY_CONTEXT_TTL`` seconds so authenticating a
 request touches no database. The services that write the models it is built from clear the
 cache (they announce the change; routing/signals.py listens).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from channels.db import database_sync_to_async
@@ -22,7 +22,7 @@ from core.errors import ProxyError
 from core.singleflight import SingleFlight
 from routing.generation import aconfig_generation
 from routing.keyring import KeyringError, ProviderKeyAuth
-from routing.models import ModelRoute, Provider, ProviderKey
+from routing.models import ModelAlias, ModelRoute, Provider, ProviderKey
 from tenants.auth import reject, token_from, verify_token
 from tenants.limits import Limits
 from tenants.models import Tenant
@@ -65,10 +65,17 @@ class Route:
     provider: Upstream
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
+    cache_read_usd_per_mtok: Decimal | None = None
+    cache_write_usd_per_mtok: Decimal | None = None
 
     @property
     def price(self) -> Price:
-        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok)
+        return Price(
+            self.input_usd_per_mtok,
+            self.output_usd_per_mtok,
+            cache_read_usd_per_mtok=self.cache_read_usd_per_mtok,
+            cache_write_usd_per_mtok=self.cache_write_usd_per_mtok,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +88,32 @@ class TenantContext:
     tier_slug: str
     limits: Limits
     routes: dict[str, tuple[Route, ...]]  # public model name -> routes by priority
+    # The tier's other names for its models: exact ones, and prefix patterns (the part before
+    # the "*") longest first, so the most specific wins.
+    aliases: dict[str, str] = field(default_factory=dict)
+    patterns: tuple[tuple[str, str], ...] = ()
 
     def routes_for(self, model: str) -> tuple[Route, ...]:
-        return self.routes.get(model, ())
+        """The routes serving ``model`` by priority, under the name the tenant used for it.
+
+        A route's own name wins, then an exact alias, then the longest matching pattern. An
+        alias's routes carry the name asked for: the answer names the model the client asked
+        for, and so does the ledger (the route it went to is recorded beside it).
+        """
+        found = self.routes.get(model)
+        if found is not None:
+            return found
+        target = self.aliases.get(model)
+        if target is None:
+            target = next((t for prefix, t in self.patterns if model.startswith(prefix)), None)
+        routes = self.routes.get(target, ()) if target is not None else ()
+        return tuple(replace(route, model=model) for route in routes)
 
     @property
     def models(self) -> list[str]:
-        return sorted(self.routes)
+        """Every name the tenant may ask for by itself (patterns match more than they list)."""
+        exact = [name for name, target in self.aliases.items() if target in self.routes]
+        return sorted({*self.routes, *exact})
 
 
 def load_context(slug: str) -> TenantContext | None:
@@ -138,8 +164,18 @@ def load_context(slug: str) -> TenantContext | None:
                 provider=upstream,
                 input_usd_per_mtok=row.input_usd_per_mtok,
                 output_usd_per_mtok=row.output_usd_per_mtok,
+                cache_read_usd_per_mtok=row.cache_read_usd_per_mtok,
+                cache_write_usd_per_mtok=row.cache_write_usd_per_mtok,
             )
         )
+    aliases: dict[str, str] = {}
+    patterns: list[tuple[str, str]] = []
+    for alias in ModelAlias.objects.filter(tier=tier):
+        if alias.is_pattern:
+            patterns.append((alias.name[:-1], alias.model))
+        else:
+            aliases[alias.name] = alias.model
+    patterns.sort(key=lambda pattern: len(pattern[0]), reverse=True)
 
     limits = Limits(
         weekly_token_cap=tenant.weekly_token_cap,
@@ -158,6 +194,8 @@ def load_context(slug: str) -> TenantContext | None:
         tier_slug=tier.slug,
         limits=limits,
         routes={model: tuple(rs) for model, rs in routes.items()},
+        aliases=aliases,
+        patterns=tuple(patterns),
     )
 
 

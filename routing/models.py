@@ -107,6 +107,24 @@ class ModelRoute(models.Model):
     output_usd_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
     )
+    # Prompt-caching prices (Anthropic's cache reads are a tenth of the input price, its
+    # writes a quarter more; OpenAI's cached input is half or less). Unset: the input price.
+    cache_read_usd_per_mtok = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Price of cached prompt tokens read; empty means the input price.",
+    )
+    cache_write_usd_per_mtok = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Price of prompt tokens written to the cache; empty means the input price.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -121,3 +139,42 @@ class ModelRoute(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tier.slug}:{self.model} → {self.provider.slug}/{self.upstream_model}"
+
+
+class ModelAlias(models.Model):
+    """Another name a tier's tenants may use for one of its models.
+
+    Agents ask for the models they were built for (Claude Code for ``claude-opus-4-8``, a
+    framework for its default): an alias maps such a name to a model the tier routes, so an
+    agent works without being reconfigured. ``name`` is either exact or a prefix pattern
+    ending in ``*`` (``claude-*``); an exact route or alias wins over a pattern, and the
+    longest matching pattern over shorter ones.
+    """
+
+    tier = models.ForeignKey(Tier, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(
+        max_length=200,
+        help_text="The name tenants send, or a prefix pattern ending in * (claude-*).",
+    )
+    model = models.CharField(max_length=200, help_text="The tier's model it stands for.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tier__slug", "name"]
+        verbose_name_plural = "model aliases"
+        constraints = [models.UniqueConstraint(fields=["tier", "name"], name="alias_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.tier.slug}:{self.name} → {self.model}"
+
+    def clean(self) -> None:
+        # "*" alone is allowed: every name the tier does not know goes to one model.
+        if "*" in self.name[:-1]:
+            raise ValidationError({"name": "Only a trailing * is allowed (claude-*)."})
+        if "*" in self.model:
+            raise ValidationError({"model": "The target is one of the tier's model names."})
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.name.endswith("*")

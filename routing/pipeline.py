@@ -81,7 +81,7 @@ async def _ajourney(
         raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
     context = await aauthenticate(request)
     raw = request.body
-    call: Call = codec.parse(raw)
+    call: Call = codec.parse(raw, request.headers)
     routes = context.routes_for(call.model)
     if not routes:
         # The same answer whether the model exists in another tier or nowhere.
@@ -120,6 +120,7 @@ async def _ajourney(
         latency_ms=0,
         created_at=now,
         week=week_of(now).id,
+        wire_format=codec.name,
     )
     admission = await aadmit(
         account=context,
@@ -139,6 +140,7 @@ async def _ajourney(
         stream=call.stream,
         prompt_estimate=tokens - max_tokens * call.completions,
         allowance=max_tokens * call.completions,
+        wire_format=codec.name,
     )
     # Read by the lease heartbeat: what the request would be billed now, should it go no
     # further (the provider's counts where it gave them, else the proxy's, as for a cut stream).
@@ -190,8 +192,10 @@ class Meter:
         stream: bool,
         prompt_estimate: int,
         allowance: int,
+        wire_format: str,
     ) -> None:
         self.admission, self.context, self.attempt = admission, context, attempt
+        self.wire_format = wire_format
         self.stream, self.prompt_estimate = stream, prompt_estimate
         self.allowance = allowance  # output tokens the provider was allowed (max_tokens * n)
         self.usage = Usage()
@@ -287,6 +291,7 @@ class Meter:
             latency_ms=int((time.monotonic() - self.started) * 1000),
             created_at=self.created_at,
             week=self.admission.week.id,
+            wire_format=self.wire_format,
         )
 
     async def _asettle(self) -> None:
@@ -320,6 +325,7 @@ def _bill(
     latency_ms: int,
     created_at: datetime,
     week: str,
+    wire_format: str,
 ) -> Bill:
     """A request's bill, charged to the route and key of its (latest) attempt."""
     route, key = attempt.route, attempt.key
@@ -341,6 +347,7 @@ def _bill(
         latency_ms=latency_ms,
         created_at=created_at,
         week=week,
+        wire_format=wire_format,
     )
 
 

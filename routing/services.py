@@ -1,4 +1,4 @@
-"""Writes to providers, pooled keys and routes.
+"""Writes to providers, pooled keys, routes and model aliases.
 
 Every write to what a tenant context is built from announces the change
 (``core.signals.announce_config_change``): the cached contexts of every process are dropped
@@ -20,7 +20,7 @@ from core.signals import announce_config_change
 from core.writes import apply_changes, save_and_announce
 from routing import keyring
 from routing.health import key_health_clear
-from routing.models import ModelRoute, Provider, ProviderKey
+from routing.models import ModelAlias, ModelRoute, Provider, ProviderKey
 from tenants.models import Tier
 
 
@@ -54,6 +54,8 @@ class RouteFields(TypedDict, total=False):
     priority: int
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
+    cache_read_usd_per_mtok: Decimal | None
+    cache_write_usd_per_mtok: Decimal | None
     enabled: bool
 
 
@@ -202,4 +204,27 @@ def route_update(*, route: ModelRoute, **changes: Unpack[RouteChanges]) -> Model
 
 def route_delete(*, route: ModelRoute) -> None:
     route.delete()
+    announce_config_change()
+
+
+class AliasChanges(TypedDict, total=False):
+    tier: Tier
+    name: str
+    model: str
+
+
+def alias_create(*, tier: Tier, name: str, model: str) -> ModelAlias:
+    """Let ``tier``'s tenants ask for ``model`` as ``name`` (exact, or a ``prefix*`` pattern)."""
+    alias = ModelAlias(tier=tier, name=name, model=model)
+    save_and_announce(alias)
+    return alias
+
+
+def alias_update(*, alias: ModelAlias, **changes: Unpack[AliasChanges]) -> ModelAlias:
+    apply_changes(alias, dict(changes))
+    return alias
+
+
+def alias_delete(*, alias: ModelAlias) -> None:
+    alias.delete()
     announce_config_change()

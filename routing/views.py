@@ -11,8 +11,9 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from core.errors import ProxyError, error_response
-from routing.codecs import OPENAI_CHAT
+from routing.codecs.registry import ANTHROPIC_MESSAGES, OPENAI_CHAT
 from routing.context import aauthenticate
+from routing.counting import acount_tokens
 from routing.pipeline import aserve
 
 
@@ -22,22 +23,54 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 
 
 @csrf_exempt
+async def messages(request: HttpRequest) -> HttpResponseBase:
+    # `?beta=true` (the Anthropic SDK's beta client, Claude Code) is the same endpoint: the
+    # betas themselves travel in the anthropic-beta header.
+    return await aserve(request, codec=ANTHROPIC_MESSAGES)
+
+
+@csrf_exempt
+async def count_tokens(request: HttpRequest) -> HttpResponseBase:
+    return await acount_tokens(request)
+
+
+@csrf_exempt
 async def list_models(request: HttpRequest) -> HttpResponseBase:
+    """The models the tenant may ask for, in Anthropic's list shape for an Anthropic client
+    (it sends anthropic-version), else in OpenAI's."""
+    anthropic = "anthropic-version" in request.headers
     try:
         if request.method != "GET":
             raise ProxyError(405, "Use GET.", code="method_not_allowed", headers={"Allow": "GET"})
         context = await aauthenticate(request)
     except ProxyError as error:
-        return error_response(error)
+        return error_response(error, anthropic=anthropic)
+    models = context.models
+    if anthropic:
+        data = [
+            {"type": "model", "id": model, "display_name": model, "created_at": _EPOCH}
+            for model in models
+        ]
+        return JsonResponse(
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": models[0] if models else None,
+                "last_id": models[-1] if models else None,
+            }
+        )
     return JsonResponse(
         {
             "object": "list",
             "data": [
                 {"id": model, "object": "model", "created": 0, "owned_by": "llm-proxy"}
-                for model in context.models
+                for model in models
             ],
         }
     )
+
+
+_EPOCH = "1970-01-01T00:00:00Z"  # the proxy does not know when a provider released a model
 
 
 @csrf_exempt

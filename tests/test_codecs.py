@@ -24,11 +24,11 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
 from core.errors import ProxyError
-from routing.codecs import OPENAI_CHAT, StreamTranslator, Usage
-from routing.codecs.anthropic_from_chat import AnthropicFromChat
-from routing.codecs.base import error_message_of, upstream_error
+from routing.codecs.base import StreamTranslator, Usage, error_message_of, upstream_error
 from routing.codecs.openai_chat import ChatRequest, parse_chat_request
 from routing.codecs.openai_passthrough import OpenAIPassthrough
+from routing.codecs.registry import OPENAI_CHAT
+from routing.codecs.translate import Translation
 from routing.context import PooledKey, Route, Upstream
 from routing.keyring import ProviderKeyAuth, seal
 from routing.sse import SSEEvent, SSEParser
@@ -36,6 +36,8 @@ from routing.sse import SSEEvent, SSEParser
 pytestmark = pytest.mark.core
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
+# An OpenAI chat client on an Anthropic route: the translation through the internal model.
+TO_ANTHROPIC = OPENAI_CHAT.provider_codec("anthropic")
 SSE_FIXTURES = (
     "openai_chat_stream.sse",
     "openai_chat_stream_without_usage.sse",
@@ -261,19 +263,18 @@ def test_it_defaults_what_a_chat_request_leaves_out() -> None:
     assert chat(stream=True, stream_options={"include_usage": False}).include_usage is False
 
 
-def test_it_refuses_an_unknown_field_as_openai_does() -> None:
-    raw = json.dumps({"model": "auto", "messages": [], "top_k": 5, "zeta": 1}).encode()
-    error = refusal(raw)
-    assert (error.status, error.code, error.param) == (400, "invalid_request", "top_k")
-    assert error.message == "Unrecognized request argument supplied: top_k"
-
-
-def test_it_admits_extra_fields_it_is_configured_for() -> None:
+def test_it_keeps_unknown_fields_for_a_provider_of_the_same_format(openai_route: Route) -> None:
+    # A provider's extension (vLLM's top_k) or a parameter newer than the proxy goes through to
+    # an OpenAI-compatible route; a translation refuses it by name (tests/test_codec_chat.py).
     raw = json.dumps({"model": "auto", "messages": [{"role": "user"}], "top_k": 5}).encode()
-    call = parse_chat_request(raw, max_messages=10, extra_fields=frozenset({"top_k"}))
-    assert call.body["top_k"] == 5
-    with override_settings(PROXY_EXTRA_CHAT_FIELDS=frozenset({"top_k"})):
-        assert OPENAI_CHAT.parse(raw).body["top_k"] == 5
+    call = OPENAI_CHAT.parse(raw, {})
+    outgoing = OPENAI_CHAT.provider_codec("openai").build(
+        route=openai_route, call=call, max_tokens=ALLOWANCE
+    )
+    assert outgoing.payload["top_k"] == 5
+    with pytest.raises(ProxyError) as caught:
+        TO_ANTHROPIC.build(route=openai_route, call=call, max_tokens=ALLOWANCE)
+    assert (caught.value.status, caught.value.param) == (400, "top_k")
 
 
 @pytest.mark.parametrize(
@@ -337,7 +338,7 @@ def test_it_refuses_more_messages_than_allowed() -> None:
 
 def test_it_picks_the_provider_codec_by_provider_kind() -> None:
     assert isinstance(OPENAI_CHAT.provider_codec("openai"), OpenAIPassthrough)
-    assert isinstance(OPENAI_CHAT.provider_codec("anthropic"), AnthropicFromChat)
+    assert isinstance(OPENAI_CHAT.provider_codec("anthropic"), Translation)
 
 
 def test_it_renders_errors_as_openai_does() -> None:
@@ -633,18 +634,25 @@ def test_it_translates_a_chat_request_into_anthropic_messages(anthropic_route: R
         max_tokens=300,
     )
     with override_settings(PROXY_ANTHROPIC_VERSION="2023-06-01"):
-        request = AnthropicFromChat().build(route=anthropic_route, call=call, max_tokens=300)
+        request = TO_ANTHROPIC.build(route=anthropic_route, call=call, max_tokens=300)
     assert request.url == "https://api.anthropic.com/v1/messages"
     assert request.headers == {"anthropic-version": "2023-06-01"}
     assert request.payload == {
         "model": "claude-sonnet-4-5",
         "messages": [
-            {"role": "user", "content": QUESTION},
-            {"role": "assistant", "content": "Paris."},
-            {"role": "user", "content": "And\nItaly?"},
+            {"role": "user", "content": [{"type": "text", "text": QUESTION}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "And"}, {"type": "text", "text": "Italy?"}],
+            },
         ],
         "max_tokens": 300,
-        "system": "You are terse.\n\nAnswer in English.",
+        # Each system or developer message stays its own block, in order.
+        "system": [
+            {"type": "text", "text": "You are terse."},
+            {"type": "text", "text": "Answer in English."},
+        ],
         "temperature": 1.0,  # OpenAI's 0..2 clamped to Anthropic's 0..1
         "stop_sequences": ["END"],
         "metadata": {"user_id": "user-42"},
@@ -653,7 +661,7 @@ def test_it_translates_a_chat_request_into_anthropic_messages(anthropic_route: R
 
 
 def test_it_sends_the_configured_anthropic_version(anthropic_route: Route) -> None:
-    request = AnthropicFromChat().build(route=anthropic_route, call=chat(), max_tokens=ALLOWANCE)
+    request = TO_ANTHROPIC.build(route=anthropic_route, call=chat(), max_tokens=ALLOWANCE)
     assert request.headers == {"anthropic-version": settings.PROXY_ANTHROPIC_VERSION}
 
 
@@ -667,19 +675,16 @@ def test_it_sends_the_configured_anthropic_version(anthropic_route: Route) -> No
         ({"top_p": 0.9}, {"top_p": 0.9}),
         ({"stop": ["END", "STOP"]}, {"stop_sequences": ["END", "STOP"]}),
         ({"stop": []}, {}),
-        ({"n": 1, "logprobs": False}, {}),
-        ({"seed": 7, "presence_penalty": 0.5}, {}),  # nothing Anthropic has: not sent
+        ({"n": 1, "logprobs": False, "presence_penalty": 0}, {}),  # defaults: nothing to send
     ],
 )
 def test_it_translates_the_sampling_options_anthropic_has(
     anthropic_route: Route, fields: dict[str, Any], sent: dict[str, Any]
 ) -> None:
-    request = AnthropicFromChat().build(
-        route=anthropic_route, call=chat(**fields), max_tokens=ALLOWANCE
-    )
+    request = TO_ANTHROPIC.build(route=anthropic_route, call=chat(**fields), max_tokens=ALLOWANCE)
     assert request.payload == {
         "model": "claude-sonnet-4-5",
-        "messages": [{"role": "user", "content": QUESTION}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}],
         "max_tokens": ALLOWANCE,
         **sent,
     }
@@ -688,7 +693,7 @@ def test_it_translates_the_sampling_options_anthropic_has(
 def test_it_never_sends_anthropic_both_temperature_and_top_p(anthropic_route: Route) -> None:
     call = chat(temperature=0.5, top_p=0.9)
     try:
-        request = AnthropicFromChat().build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
+        request = TO_ANTHROPIC.build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
     except ProxyError as error:  # refusing it up front, naming the fields, would do too
         assert error.status == 400
         return
@@ -698,7 +703,7 @@ def test_it_never_sends_anthropic_both_temperature_and_top_p(anthropic_route: Ro
 def test_it_never_sends_anthropic_a_whitespace_only_stop_sequence(anthropic_route: Route) -> None:
     call = chat(stop=["\n", "END"])
     try:
-        request = AnthropicFromChat().build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
+        request = TO_ANTHROPIC.build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
     except ProxyError as error:  # refusing it up front, naming the field, would do too
         assert error.status == 400
         return
@@ -706,65 +711,44 @@ def test_it_never_sends_anthropic_a_whitespace_only_stop_sequence(anthropic_rout
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "param"),
     [
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-        {"tool_choice": "none"},
-        {"functions": [{"name": "f", "parameters": {}}]},
-        {"function_call": "auto"},
-        {"response_format": {"type": "json_object"}},
-        {"audio": {"voice": "alloy", "format": "wav"}},
-        {"n": 2},
-        {"logprobs": True},
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-                    ],
-                }
-            ]
-        },
-        {
-            "messages": [
-                {"role": "user", "content": QUESTION},
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "{}"},
-                        }
-                    ],
-                },
-                {"role": "tool", "tool_call_id": "call_1", "content": "Paris"},
-            ]
-        },
-        {"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "Paris"}]},
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"seed": 7}, "seed"),  # Anthropic has no seed: refused, not silently dropped
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"zeta": 1}, "zeta"),  # a field the proxy does not know, for a provider that cannot
     ],
 )
-def test_it_refuses_what_it_cannot_translate_yet(
-    anthropic_route: Route, fields: dict[str, Any]
+def test_it_refuses_what_anthropic_cannot_do_naming_the_field(
+    anthropic_route: Route, fields: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(ProxyError) as caught:
-        AnthropicFromChat().build(route=anthropic_route, call=chat(**fields), max_tokens=ALLOWANCE)
+        TO_ANTHROPIC.build(route=anthropic_route, call=chat(**fields), max_tokens=ALLOWANCE)
     assert (caught.value.status, caught.value.code) == (400, "unsupported_for_provider")
+    assert caught.value.param == param and f"`{param}`" in caught.value.message
+
+
+def test_it_refuses_a_tool_result_that_answers_no_call(anthropic_route: Route) -> None:
+    call = chat(messages=[{"role": "tool", "tool_call_id": "call_1", "content": "Paris"}])
+    with pytest.raises(ProxyError) as caught:
+        TO_ANTHROPIC.build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
+    assert caught.value.status == 400
 
 
 def test_it_needs_a_user_or_assistant_message(anthropic_route: Route) -> None:
     call = chat(messages=[{"role": "system", "content": "You are terse."}])
     with pytest.raises(ProxyError) as caught:
-        AnthropicFromChat().build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
+        TO_ANTHROPIC.build(route=anthropic_route, call=call, max_tokens=ALLOWANCE)
     assert (caught.value.status, caught.value.code) == (400, "invalid_request")
 
 
 def test_it_answers_an_anthropic_message_as_a_chat_completion(anthropic_route: Route) -> None:
     raw = wire("anthropic_message.json")
-    body, usage = AnthropicFromChat().completion(route=anthropic_route, call=chat(), raw=raw)
+    body, usage = TO_ANTHROPIC.completion(route=anthropic_route, call=chat(), raw=raw)
     completion = ChatCompletion.model_validate_json(body)
     assert completion.id == "chatcmpl-msg_01HqV3xNf7Kd2WbYc9TzR8Lm"
     assert completion.object == "chat.completion"
@@ -809,7 +793,7 @@ def test_it_maps_stop_reasons_to_finish_reasons(
     message = json.loads(wire("anthropic_message.json"))
     message["stop_reason"] = stop_reason
     raw = json.dumps(message).encode()
-    body, _ = AnthropicFromChat().completion(route=anthropic_route, call=chat(), raw=raw)
+    body, _ = TO_ANTHROPIC.completion(route=anthropic_route, call=chat(), raw=raw)
     assert ChatCompletion.model_validate_json(body).choices[0].finish_reason == finish_reason
 
 
@@ -819,7 +803,7 @@ def test_it_flags_an_anthropic_answer_that_has_no_usage(
     message = json.loads(wire("anthropic_message.json"))
     del message["usage"]
     raw = json.dumps(message).encode()
-    _, usage = AnthropicFromChat().completion(route=anthropic_route, call=chat(), raw=raw)
+    _, usage = TO_ANTHROPIC.completion(route=anthropic_route, call=chat(), raw=raw)
     assert (usage.invalid, usage.reported) == (True, False)
     assert usage.output_estimate > 0
 
@@ -831,14 +815,14 @@ def test_it_refuses_a_malformed_anthropic_answer_with_a_502(
     anthropic_route: Route, raw: bytes
 ) -> None:
     with pytest.raises(ProxyError) as caught:
-        AnthropicFromChat().completion(route=anthropic_route, call=chat(), raw=raw)
+        TO_ANTHROPIC.completion(route=anthropic_route, call=chat(), raw=raw)
     assert (caught.value.status, caught.value.code) == (502, "upstream_error")
 
 
 def test_it_streams_an_anthropic_answer_as_chat_completion_chunks(
     anthropic_route: Route,
 ) -> None:
-    translator = AnthropicFromChat().stream(route=anthropic_route, call=chat(stream=True))
+    translator = TO_ANTHROPIC.stream(route=anthropic_route, call=chat(stream=True))
     chunks = chunks_of(translate(translator, wire("anthropic_stream.sse")))
     assert {chunk["id"] for chunk in chunks} == {"chatcmpl-msg_01Sd8QwXe4Rt6YuJk2NbVc7P"}
     assert {chunk["model"] for chunk in chunks} == {"auto"}  # the tenant's name
@@ -865,7 +849,7 @@ def test_it_streams_an_anthropic_answer_as_chat_completion_chunks(
 
 def test_it_adds_the_usage_chunk_when_the_client_asks(anthropic_route: Route) -> None:
     call = chat(stream=True, stream_options={"include_usage": True})
-    translator = AnthropicFromChat().stream(route=anthropic_route, call=call)
+    translator = TO_ANTHROPIC.stream(route=anthropic_route, call=call)
     chunks = chunks_of(translate(translator, wire("anthropic_stream.sse"), piece=3))
     *answer, usage = chunks
     assert all(chunk["usage"] is None for chunk in answer)  # as OpenAI sends them
@@ -876,6 +860,7 @@ def test_it_adds_the_usage_chunk_when_the_client_asks(anthropic_route: Route) ->
         "completion_tokens": 16,
         "total_tokens": 1761,
         "prompt_tokens_details": {"cached_tokens": 1536},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
     assert translator.complete is True
     assert translator.usage == Usage(
@@ -897,14 +882,14 @@ def test_it_streams_the_finish_reason_of_the_stop_reason(
     raw = wire("anthropic_stream.sse").replace(
         b'"stop_reason":"end_turn"', b'"stop_reason":"' + stop_reason.encode() + b'"'
     )
-    translator = AnthropicFromChat().stream(route=anthropic_route, call=chat(stream=True))
+    translator = TO_ANTHROPIC.stream(route=anthropic_route, call=chat(stream=True))
     chunks = chunks_of(translate(translator, raw))
     assert chunks[-1]["choices"][0]["finish_reason"] == finish_reason
 
 
 def test_it_translates_the_same_however_the_stream_is_cut(anthropic_route: Route) -> None:
     def chunks(piece: int) -> list[dict[str, Any]]:
-        translator = AnthropicFromChat().stream(route=anthropic_route, call=chat(stream=True))
+        translator = TO_ANTHROPIC.stream(route=anthropic_route, call=chat(stream=True))
         out = chunks_of(translate(translator, wire("anthropic_stream.sse"), piece=piece))
         return [{k: v for k, v in chunk.items() if k != "created"} for chunk in out]
 
@@ -915,7 +900,7 @@ def test_it_translates_the_same_however_the_stream_is_cut(anthropic_route: Route
 
 def test_it_ends_an_overloaded_stream_as_failed(anthropic_route: Route) -> None:
     call = chat(stream=True, stream_options={"include_usage": True})
-    translator = AnthropicFromChat().stream(route=anthropic_route, call=call)
+    translator = TO_ANTHROPIC.stream(route=anthropic_route, call=call)
     out = b""
     with pytest.raises(ProxyError) as caught:
         for event in events_of(wire("anthropic_stream_overloaded.sse")):
@@ -937,12 +922,12 @@ def test_it_ends_an_overloaded_stream_as_failed(anthropic_route: Route) -> None:
 def test_it_sends_nothing_for_anthropic_events_openai_has_no_counterpart_for(
     anthropic_route: Route,
 ) -> None:
-    translator = AnthropicFromChat().stream(route=anthropic_route, call=chat(stream=True))
-    quiet = [
-        event
-        for event in events_of(wire("anthropic_stream.sse"))
-        if event.event in ("ping", "content_block_start", "content_block_stop")
-    ]
-    assert len(quiet) == 3
-    assert [translator.feed(event) for event in quiet] == [b"", b"", b""]
+    translator = TO_ANTHROPIC.stream(route=anthropic_route, call=chat(stream=True))
+    sent = {
+        event.event: translator.feed(event) for event in events_of(wire("anthropic_stream.sse"))
+    }
+    # message_start waits for the first block (the role chunk says whether text or a tool
+    # call comes), ping and a block's end have no OpenAI counterpart.
+    assert sent["message_start"] == sent["ping"] == sent["content_block_stop"] == b""
+    assert sent["content_block_start"].startswith(b"data: ")
     assert translator.feed(SSEEvent(b": keep-alive\n\n", None, None)) == b""

@@ -3,8 +3,10 @@ it, parse every reply, stream and error as they would the real service's."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -14,6 +16,8 @@ import httpx
 import openai
 import pytest
 from anthropic.types import (
+    InputJSONDelta,
+    Message,
     MessageParam,
     RawContentBlockDeltaEvent,
     RawContentBlockStartEvent,
@@ -22,12 +26,16 @@ from anthropic.types import (
     RawMessageStreamEvent,
     TextBlock,
     TextDelta,
+    ThinkingBlock,
+    ToolUseBlock,
 )
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from pydantic import TypeAdapter
 
 from tests.support.mockserver import MockServer
 
 KEY = "sk-test-0123456789"
+EVENTS: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamEvent)
 FULL_TEXT = "Hello from the mock provider. Every piece"  # the default 8 pieces
 # (3 + 2 words) + (3 + 4 words), see the prompt-token formula in devtools/mockprovider.py
 OPENAI_MESSAGES: list[ChatCompletionMessageParam] = [
@@ -38,6 +46,18 @@ OPENAI_PROMPT_TOKENS = 12
 ANTHROPIC_SYSTEM = "Be brief."
 ANTHROPIC_MESSAGES: list[MessageParam] = [{"role": "user", "content": "Say hello to me"}]
 ANTHROPIC_PROMPT_TOKENS = 12
+DEFAULT_CONFIG: dict[str, Any] = {
+    "chunks": 8,
+    "chunk_delay": 0.0,
+    "ttft": 0.0,
+    "text": None,
+    "faults": [],
+    "tool_calls": None,
+    "tool_text": None,
+    "arguments_chunk": 8,
+    "thinking": None,
+    "cache": None,
+}
 
 
 @pytest.fixture(scope="module")
@@ -636,13 +656,21 @@ def test_it_delays_headers(oai: openai.OpenAI, mock: MockServer) -> None:
 
 
 def test_it_resets_records_and_configuration(oai: openai.OpenAI, mock: MockServer) -> None:
-    mock.configure(chunks=2, faults=[{"action": {"type": "echo_key"}}])
+    mock.configure(
+        chunks=2,
+        faults=[{"action": {"type": "echo_key"}}],
+        tool_calls=[{"name": "t", "arguments": {}}],
+        tool_text="Let me see.",
+        arguments_chunk=3,
+        thinking="Hmm.",
+        cache={"read": 1, "write": 2},
+    )
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
 
     config = mock.reset()
 
-    assert config == {"chunks": 8, "chunk_delay": 0.0, "ttft": 0.0, "text": None, "faults": []}
+    assert config == DEFAULT_CONFIG
     assert mock.stats() == {"calls": 0, "requests": []}
 
 
@@ -652,6 +680,14 @@ def test_it_rejects_invalid_configuration(raw: httpx.Client, mock: MockServer) -
         {"nonsense": 1},
         {"faults": [{"action": {"type": "explode"}}]},
         {"faults": [{"match": {"tenant": "x"}, "action": {"type": "echo_key"}}]},
+        {"tool_calls": {"name": "t"}},
+        {"tool_calls": [{"name": "t", "arguments": "{}"}]},
+        {"tool_calls": [{"name": "", "arguments": {}}]},
+        {"tool_text": ""},
+        {"arguments_chunk": 0},
+        {"thinking": 3},
+        {"cache": {"read": 1}},
+        {"cache": {"read": -1, "write": 0}},
     ):
         response = raw.post("/_mock/config", json=change)
         assert response.status_code == 400, change
@@ -661,3 +697,586 @@ def test_it_rejects_invalid_configuration(raw: httpx.Client, mock: MockServer) -
 def test_it_refuses_a_negative_delay_at_start() -> None:
     with pytest.raises(RuntimeError, match="chunk_delay must be a non-negative"):
         MockServer.start(chunk_delay=-0.5)
+
+
+# --- agents: tools, tool results, thinking, cache, stops, images, count_tokens ---------------
+
+WEATHER = {"city": "Paris", "unit": "celsius"}
+CLOCK = {"zone": "Europe/Paris"}
+TOOL_CALLS = [
+    {"name": "get_weather", "arguments": WEATHER},
+    {"name": "not_offered", "arguments": {"x": 1}},
+    {"name": "get_time", "arguments": CLOCK},
+]
+# Compact JSON of WEATHER (33 characters) and CLOCK (23), in pieces of 8 characters.
+ARGUMENT_PIECES = 5 + 3
+
+
+def _schema(*names: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: {"type": "string"} for name in names},
+        "required": list(names),
+        "additionalProperties": False,
+    }
+
+
+OPENAI_TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather now",  # 3 + 2 prompt tokens
+            "parameters": _schema("city", "unit"),
+            "strict": True,
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": _schema("zone"), "strict": True},
+    },
+]
+ANTHROPIC_TOOLS: Any = [
+    {"name": "get_weather", "description": "Weather now", "input_schema": _schema("city", "unit")},
+    {"name": "get_time", "input_schema": _schema("zone")},
+]
+THOUGHT = "The user wants a greeting, so I will say hello."  # 10 words: 5 pieces
+THINKING: Any = {"type": "enabled", "budget_tokens": 1024}
+PNG = "iVBORw0KGgo="
+
+
+def _raw_events(raw: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
+    """The data payloads of a stream, read off the wire."""
+    headers = {"authorization": f"Bearer {KEY}", "anthropic-version": "2023-06-01"}
+    with raw.stream("POST", path, json={**body, "stream": True}, headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        lines = _data_lines(list(response.iter_lines()))
+    events = [json.loads(line) for line in lines if line != "[DONE]"]
+    return [event for event in events if event.get("type") != "ping"]
+
+
+def test_it_calls_two_openai_tools_in_one_turn(
+    oai: openai.OpenAI, mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(tool_calls=TOOL_CALLS)
+    messages: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+
+    completion = oai.chat.completions.create(
+        model="gpt-mock", messages=messages, tools=OPENAI_TOOLS
+    )
+    with oai.chat.completions.stream(
+        model="gpt-mock",
+        messages=messages,
+        tools=OPENAI_TOOLS,
+        stream_options={"include_usage": True},
+    ) as stream:
+        streamed = stream.get_final_completion()
+    events = _raw_events(
+        raw, "/v1/chat/completions", {"model": "m", "messages": messages, "tools": OPENAI_TOOLS}
+    )
+
+    for answer in (completion, streamed):
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert not choice.message.content
+        calls = choice.message.tool_calls or []
+        assert [c.function.name for c in calls] == ["get_weather", "get_time"]  # type: ignore[union-attr]
+        assert [json.loads(c.function.arguments) for c in calls] == [WEATHER, CLOCK]  # type: ignore[union-attr]
+        assert all(re.fullmatch(r"call_[0-9a-f]{24}", c.id) for c in calls)
+        assert answer.usage is not None
+        assert answer.usage.prompt_tokens == (3 + 5) + (3 + 2) + 3
+        assert answer.usage.completion_tokens == ARGUMENT_PIECES
+    assert completion.choices[0].message.content is None
+    parsed = streamed.choices[0].message.tool_calls or []
+    assert [c.function.parsed_arguments for c in parsed] == [WEATHER, CLOCK]
+
+    chunks = [ChatCompletionChunk.model_validate(event) for event in events]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    pieces = [(d.tool_calls[0].index, d.tool_calls[0]) for d in deltas if d.tool_calls]
+    assert [index for index, _ in pieces] == [0] * (1 + 5) + [1] * (1 + 3)
+    openers = [call for _, call in pieces if call.id is not None]
+    assert [(c.type, c.function and c.function.arguments) for c in openers] == [
+        ("function", ""),
+        ("function", ""),
+    ]
+    arguments = [c.function.arguments or "" for _, c in pieces if c.id is None and c.function]
+    assert len(arguments) == ARGUMENT_PIECES and "".join(arguments) == json.dumps(
+        WEATHER, separators=(",", ":")
+    ) + (json.dumps(CLOCK, separators=(",", ":")))
+    record = mock.requests()[-1]
+    assert [c["name"] for c in record["tool_calls"]] == ["get_weather", "get_time"]
+    assert record["usage"]["output_tokens"] == ARGUMENT_PIECES
+
+
+def test_it_answers_openai_tool_results(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(tool_calls=TOOL_CALLS)
+    messages: list[Any] = [{"role": "user", "content": "Weather and time in Paris?"}]
+    first = oai.chat.completions.create(model="gpt-mock", messages=messages, tools=OPENAI_TOOLS)
+    calls = first.choices[0].message.tool_calls or []
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": calls[0].id, "content": "sunny, 21 C"})
+    messages.append(
+        {
+            "role": "tool",
+            "tool_call_id": calls[1].id,
+            "content": [{"type": "text", "text": "10:"}, {"type": "text", "text": "42"}],
+        }
+    )
+
+    answer = oai.chat.completions.create(model="gpt-mock", messages=messages, tools=OPENAI_TOOLS)
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-mock", messages=messages, tools=OPENAI_TOOLS, stream=True
+        )
+    )
+
+    assert answer.choices[0].message.content == "Tool results: sunny, 21 C | 10:42"
+    assert answer.choices[0].finish_reason == "stop"
+    assert not answer.choices[0].message.tool_calls
+    streamed = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(streamed) > 2 and "".join(streamed) == answer.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    record = mock.requests()[1]
+    assert record["tool_results"] == [
+        {"tool_use_id": calls[0].id, "text": "sunny, 21 C", "is_error": False, "images": 0},
+        {"tool_use_id": calls[1].id, "text": "10:42", "is_error": False, "images": 0},
+    ]
+    assert record["usage"]["output_tokens"] == len(streamed)
+
+
+def test_it_rejects_openai_tool_results_that_answer_no_call(
+    oai: openai.OpenAI, mock: MockServer
+) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    asked: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    wrong = [*asked, {"role": "tool", "tool_call_id": "call_2", "content": "x"}]
+    orphan = [asked[0], {"role": "tool", "tool_call_id": "call_1", "content": "x"}]
+    unanswered = [*asked, {"role": "user", "content": "well?"}]
+
+    errors = []
+    for messages in (wrong, orphan, unanswered):
+        with pytest.raises(openai.BadRequestError) as caught:
+            oai.chat.completions.create(model="gpt-mock", messages=messages)
+        errors.append(caught.value)
+
+    assert errors[0].message.endswith(
+        "Invalid parameter: 'tool_call_id' of 'call_2' not found in 'tool_calls' of previous"
+        " message."
+    )
+    assert errors[0].param == "messages.[2].tool_call_id"
+    assert "must be a response to a preceeding message with 'tool_calls'" in errors[1].message
+    assert "did not have response messages: call_1" in errors[2].message
+
+
+def test_it_calls_two_anthropic_tools_in_one_turn(
+    claude: anthropic.Anthropic, mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(tool_calls=TOOL_CALLS, tool_text="Let me look that up.", arguments_chunk=12)
+    messages: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+    body: Any = {"model": "claude-mock", "max_tokens": 100, "messages": messages}
+
+    message = claude.messages.create(**body, tools=ANTHROPIC_TOOLS)
+    with claude.messages.stream(**body, tools=ANTHROPIC_TOOLS) as stream:
+        streamed = stream.get_final_message()
+    events = _raw_events(raw, "/v1/messages", {**body, "tools": ANTHROPIC_TOOLS})
+
+    for answer in (message, streamed):
+        assert [block.type for block in answer.content] == ["text", "tool_use", "tool_use"]
+        text, weather, clock = answer.content
+        assert isinstance(text, TextBlock) and text.text == "Let me look that up."
+        assert isinstance(weather, ToolUseBlock) and isinstance(clock, ToolUseBlock)
+        assert (weather.name, weather.input, clock.name, clock.input) == (
+            "get_weather",
+            WEATHER,
+            "get_time",
+            CLOCK,
+        )
+        assert re.fullmatch(r"toolu_[0-9a-f]{24}", weather.id)
+        assert answer.stop_reason == "tool_use"
+        assert answer.usage.input_tokens == (3 + 5) + (3 + 2) + 3
+        # The text in pieces of two words; the arguments (33 and 23 characters) in twelves.
+        assert answer.usage.output_tokens == 3 + 3 + 2
+    parsed = [EVENTS.validate_python(event) for event in events]
+    starts = [e for e in parsed if isinstance(e, RawContentBlockStartEvent)]
+    assert [(e.index, e.content_block.type) for e in starts] == [
+        (0, "text"),
+        (1, "tool_use"),
+        (2, "tool_use"),
+    ]
+    assert all(getattr(e.content_block, "input", {}) == {} for e in starts)
+    json_deltas = [
+        (e.index, e.delta.partial_json)
+        for e in parsed
+        if isinstance(e, RawContentBlockDeltaEvent) and isinstance(e.delta, InputJSONDelta)
+    ]
+    assert [index for index, _ in json_deltas] == [1, 1, 1, 2, 2]
+    stops = [e.index for e in parsed if e.type == "content_block_stop"]
+    assert stops == [0, 1, 2]
+
+
+def test_it_answers_anthropic_tool_results(claude: anthropic.Anthropic, mock: MockServer) -> None:
+    mock.configure(tool_calls=TOOL_CALLS)
+    messages: list[Any] = [{"role": "user", "content": "Weather and time in Paris?"}]
+    first = claude.messages.create(
+        model="claude-mock", max_tokens=100, messages=messages, tools=ANTHROPIC_TOOLS
+    )
+    ids = [block.id for block in first.content if isinstance(block, ToolUseBlock)]
+    messages.append({"role": "assistant", "content": first.content})
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": ids[0], "content": "sunny"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": ids[1],
+                    "is_error": True,
+                    "content": [{"type": "text", "text": "no clock"}, image],
+                },
+            ],
+        }
+    )
+
+    with claude.messages.stream(
+        model="claude-mock", max_tokens=100, messages=messages, tools=ANTHROPIC_TOOLS
+    ) as stream:
+        deltas = list(stream.text_stream)
+        answer = stream.get_final_message()
+
+    assert _text(answer.content) == "I see 1 image(s). Tool results: sunny | no clock"
+    assert len(deltas) > 2
+    assert answer.stop_reason == "end_turn"
+    # (3 + 5) + 3 + (3 + 1 + 2) + two tool definitions (3 + 2) + 3
+    assert answer.usage.input_tokens == 25
+    record = mock.requests()[1]
+    assert record["images"] == 1
+    assert record["tool_results"] == [
+        {"tool_use_id": ids[0], "text": "sunny", "is_error": False, "images": 0},
+        {"tool_use_id": ids[1], "text": "no clock", "is_error": True, "images": 1},
+    ]
+
+
+def test_it_rejects_anthropic_tool_results_that_answer_no_call(
+    claude: anthropic.Anthropic,
+) -> None:
+    use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    asked: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [use]},
+    ]
+    result = {"type": "tool_result", "tool_use_id": "toolu_2", "content": "x"}
+    wrong = [*asked, {"role": "user", "content": [result]}]
+    unanswered = [*asked, {"role": "user", "content": "well?"}]
+
+    messages = []
+    for conversation in (wrong, unanswered):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            claude.messages.create(model="claude-mock", max_tokens=10, messages=conversation)
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["error"]["type"] == "invalid_request_error"
+        messages.append(caught.value.body["error"]["message"])
+
+    assert messages[0] == (
+        "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2."
+        " Each `tool_result` block must have a corresponding `tool_use` block in the previous"
+        " message."
+    )
+    assert "`tool_use` ids were found without `tool_result` blocks" in messages[1]
+
+
+def test_it_calls_no_tool_the_request_does_not_offer(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(tool_calls=TOOL_CALLS)
+    other: Any = [{"type": "function", "function": {"name": "other"}}]
+
+    plain = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES, tools=other)
+    refused = oai.chat.completions.create(
+        model="gpt-mock", messages=OPENAI_MESSAGES, tools=OPENAI_TOOLS, tool_choice="none"
+    )
+
+    for completion in (plain, refused):
+        assert completion.choices[0].message.content == FULL_TEXT
+        assert completion.choices[0].message.tool_calls is None
+        assert completion.choices[0].finish_reason == "stop"
+
+
+def test_it_signs_anthropic_thinking_and_checks_it_coming_back(
+    claude: anthropic.Anthropic, mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(thinking=THOUGHT, chunks=2)
+    body: Any = {"model": "claude-mock", "max_tokens": 2000, "messages": ANTHROPIC_MESSAGES}
+
+    plain = claude.messages.create(**body)
+    message = claude.messages.create(**body, thinking=THINKING)
+    with claude.messages.stream(**body, thinking={"type": "adaptive"}) as stream:
+        streamed = stream.get_final_message()
+    events = [
+        EVENTS.validate_python(e)
+        for e in _raw_events(raw, "/v1/messages", {**body, "thinking": THINKING})
+    ]
+
+    assert [block.type for block in plain.content] == ["text"]
+    for answer in (message, streamed):
+        thinking, text = answer.content
+        assert isinstance(thinking, ThinkingBlock) and isinstance(text, TextBlock)
+        assert thinking.thinking == THOUGHT and thinking.signature
+        assert text.text == "Hello from"
+        assert answer.usage.output_tokens == 5 + 2
+    assert streamed.content[0] == message.content[0]  # the signature depends on the text only
+    deltas = [e.delta for e in events if isinstance(e, RawContentBlockDeltaEvent) and e.index == 0]
+    assert [d.type for d in deltas] == ["thinking_delta"] * 5 + ["signature_delta"]
+    assert mock.requests()[1]["usage"]["reasoning_tokens"] == 5
+
+    signed = message.content[0].model_dump()
+
+    def later_turn(block: dict[str, Any]) -> Any:
+        turn: Any = [
+            *ANTHROPIC_MESSAGES,
+            {"role": "assistant", "content": [block, {"type": "text", "text": "Hello from"}]},
+            {"role": "user", "content": "Again"},
+        ]
+        return claude.messages.create(**{**body, "messages": turn}, thinking=THINKING)
+
+    assert later_turn(signed).stop_reason == "end_turn"
+    forged = {**signed, "signature": base64.b64encode(b"x" * 32).decode()}
+    altered = {**signed, "thinking": THOUGHT + " Or not."}
+    for block in (forged, altered):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            later_turn(block)
+        assert caught.value.body == {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "messages.1.content.0: Invalid `signature` in `thinking` block",
+            },
+        }
+
+
+def test_it_sends_openai_reasoning_content(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(thinking=THOUGHT, chunks=3)
+
+    completion = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-mock",
+            messages=OPENAI_MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    message = completion.choices[0].message
+    assert message.content == "Hello from the"
+    assert (message.model_extra or {})["reasoning_content"] == THOUGHT
+    assert completion.usage is not None and completion.usage.completion_tokens == 5 + 3
+    details = completion.usage.completion_tokens_details
+    assert details is not None and details.reasoning_tokens == 5
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = [(d.model_extra or {}).get("reasoning_content") for d in deltas]
+    assert "".join(r for r in reasoning if r) == THOUGHT
+    first_content = next(i for i, d in enumerate(deltas) if d.content)
+    assert all(r is None for r in reasoning[first_content:])
+    assert chunks[-1].usage == completion.usage
+
+
+def test_it_reports_cache_counts(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, raw: httpx.Client
+) -> None:
+    body: Any = {
+        "model": "m",
+        "max_tokens": 100,
+        "messages": ANTHROPIC_MESSAGES,
+        "system": "Be brief.",
+    }
+    raw.post("/_mock/config", json={"cache": {"read": 5, "write": 4}})
+
+    message = claude.messages.create(**body)
+    events = [EVENTS.validate_python(e) for e in _raw_events(raw, "/v1/messages", body)]
+    completion = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES)
+
+    assert message.usage.input_tokens == ANTHROPIC_PROMPT_TOKENS - 5 - 4
+    assert message.usage.cache_read_input_tokens == 5
+    assert message.usage.cache_creation_input_tokens == 4
+    start, delta = events[0], events[-2]
+    assert isinstance(start, RawMessageStartEvent) and isinstance(delta, RawMessageDeltaEvent)
+    for usage in (start.message.usage, delta.usage):
+        assert (usage.input_tokens, usage.cache_read_input_tokens) == (3, 5)
+        assert usage.cache_creation_input_tokens == 4
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == OPENAI_PROMPT_TOKENS
+    assert completion.usage.prompt_tokens_details is not None
+    assert completion.usage.prompt_tokens_details.cached_tokens == 5
+
+
+def test_it_stops_at_stop_sequences(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, mock: MockServer
+) -> None:
+    completion = oai.chat.completions.create(
+        model="gpt-mock", messages=OPENAI_MESSAGES, stop=["xyz", "ovider"]
+    )
+    single = oai.chat.completions.create(model="gpt-mock", messages=OPENAI_MESSAGES, stop=" mock")
+    message = claude.messages.create(
+        model="claude-mock", max_tokens=100, messages=ANTHROPIC_MESSAGES, stop_sequences=[" the"]
+    )
+    with claude.messages.stream(
+        model="claude-mock", max_tokens=100, messages=ANTHROPIC_MESSAGES, stop_sequences=["ovider"]
+    ) as stream:
+        streamed = stream.get_final_message()
+    limited = claude.messages.create(
+        model="claude-mock", max_tokens=2, messages=ANTHROPIC_MESSAGES, stop_sequences=["piece"]
+    )
+
+    assert completion.choices[0].message.content == "Hello from the mock pr"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+    assert single.choices[0].message.content == "Hello from the"
+    assert _text(message.content) == "Hello from"
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", " the")
+    assert message.usage.output_tokens == 2
+    assert _text(streamed.content) == "Hello from the mock pr"
+    assert (streamed.stop_reason, streamed.stop_sequence) == ("stop_sequence", "ovider")
+    assert (limited.stop_reason, limited.stop_sequence) == ("max_tokens", None)
+    assert mock.requests()[3]["chunks_sent"] == 5
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.create(
+            model="claude-mock", max_tokens=9, messages=ANTHROPIC_MESSAGES, stop_sequences=[" "]
+        )
+
+
+def test_it_sees_and_checks_images(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, mock: MockServer
+) -> None:
+    parts: Any = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
+    completion = oai.chat.completions.create(
+        model="gpt-mock", messages=[{"role": "user", "content": parts}], max_tokens=3
+    )
+    blocks: Any = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    message = claude.messages.create(
+        model="claude-mock", max_tokens=100, messages=[{"role": "user", "content": blocks}]
+    )
+
+    assert completion.choices[0].message.content == "I see 2 image(s). Hello from"
+    assert _text(message.content) == "I see 2 image(s). " + FULL_TEXT
+    assert message.usage.output_tokens == 1 + 8
+    assert [record["images"] for record in mock.requests()] == [2, 2]
+
+    bad_openai: Any = [{"type": "image_url", "image_url": {"url": "cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as oai_error:
+        oai.chat.completions.create(
+            model="gpt-mock", messages=[{"role": "user", "content": bad_openai}]
+        )
+    assert oai_error.value.param == "messages.[0].content.[0].image_url.url"
+    bad_media: Any = {"type": "base64", "media_type": "image/bmp", "data": PNG}
+    bad_data: Any = {"type": "base64", "media_type": "image/png", "data": "not base64!"}
+    bad_kind: Any = {"type": "nonsense"}
+    for source in (bad_media, bad_data, bad_kind):
+        image: Any = {"type": "image", "source": source}
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            claude.messages.create(
+                model="claude-mock",
+                max_tokens=10,
+                messages=[{"role": "user", "content": [image]}],
+            )
+        assert "messages.0.content.0.image.source" in caught.value.message
+
+
+def test_it_counts_anthropic_tokens(
+    claude: anthropic.Anthropic, mock: MockServer, raw: httpx.Client
+) -> None:
+    counted = claude.messages.count_tokens(
+        model="claude-mock",
+        system=ANTHROPIC_SYSTEM,
+        messages=ANTHROPIC_MESSAGES,
+        tools=ANTHROPIC_TOOLS,
+    )
+    message = claude.messages.create(
+        model="claude-mock",
+        max_tokens=5,
+        system=ANTHROPIC_SYSTEM,
+        messages=ANTHROPIC_MESSAGES,
+        tools=ANTHROPIC_TOOLS,
+    )
+    body = {"model": "claude-mock", "messages": ANTHROPIC_MESSAGES}
+    no_version = raw.post("/v1/messages/count_tokens", json=body, headers={"x-api-key": KEY})
+
+    assert counted.input_tokens == ANTHROPIC_PROMPT_TOKENS + (3 + 2) + 3
+    assert counted.input_tokens == message.usage.input_tokens
+    assert no_version.status_code == 400
+    record = mock.requests()[0]
+    assert (record["api"], record["path"], record["status"]) == (
+        "anthropic",
+        "/v1/messages/count_tokens",
+        200,
+    )
+    assert record["usage"] == {"input_tokens": counted.input_tokens, "output_tokens": 0}
+
+
+def test_it_keeps_beta_requests_and_unknown_fields(
+    claude: anthropic.Anthropic, mock: MockServer, raw: httpx.Client
+) -> None:
+    message = claude.beta.messages.create(
+        model="claude-mock",
+        max_tokens=5,
+        messages=[{"role": "user", "content": "Say hello to me"}],
+        betas=["interleaved-thinking-2025-05-14"],
+    )
+    unknown: Any = {
+        "model": "claude-mock",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": [{"type": "hologram", "x": 1}]}],
+        "brand_new_option": {"on": True},
+    }
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    response = raw.post("/v1/messages?beta=true", json=unknown, headers=headers)
+
+    assert message.stop_reason == "max_tokens"
+    assert response.status_code == 200
+    sdk_call, raw_call = mock.requests()
+    assert (sdk_call["query"], raw_call["query"]) == ("", "beta=true")
+    assert sdk_call["headers"]["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    assert raw_call["body"] == unknown
+    assert Message.model_validate(response.json()).content
+
+
+def test_it_keeps_every_new_reply_valid_for_the_sdk_types(
+    mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(
+        tool_calls=TOOL_CALLS, tool_text="Looking.", thinking=THOUGHT, cache={"read": 1, "write": 1}
+    )
+    openai_body: Any = {"model": "m", "messages": OPENAI_MESSAGES, "tools": OPENAI_TOOLS}
+    anthropic_body: Any = {
+        "model": "m",
+        "max_tokens": 2000,
+        "messages": ANTHROPIC_MESSAGES,
+        "tools": ANTHROPIC_TOOLS,
+        "thinking": THINKING,
+    }
+    headers = {"authorization": f"Bearer {KEY}", "anthropic-version": "2023-06-01"}
+
+    completion = raw.post("/v1/chat/completions", json=openai_body, headers=headers).json()
+    message = raw.post("/v1/messages", json=anthropic_body, headers=headers).json()
+    chunks = _raw_events(raw, "/v1/chat/completions", openai_body)
+    events = _raw_events(raw, "/v1/messages", anthropic_body)
+
+    assert ChatCompletion.model_validate(completion).choices[0].finish_reason == "tool_calls"
+    assert [c["type"] for c in Message.model_validate(message).model_dump()["content"]] == [
+        "thinking",
+        "text",
+        "tool_use",
+        "tool_use",
+    ]
+    assert all(ChatCompletionChunk.model_validate(chunk) for chunk in chunks)
+    assert all(EVENTS.validate_python(event) for event in events)
+    assert [e["index"] for e in events if e["type"] == "content_block_start"] == [0, 1, 2, 3]

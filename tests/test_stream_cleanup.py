@@ -78,6 +78,7 @@ def make_meter() -> Meter:
         stream=True,
         prompt_estimate=10,
         allowance=100,
+        wire_format="openai-chat",
     )
 
 

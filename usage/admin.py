@@ -204,13 +204,16 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
         "tenant",
         "model",
         "provider_slug",
+        "wire_format",
         "input_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
         "output_tokens",
         "cost_usd",
         "status",
         "latency_ms",
     )
-    list_filter = ("status", "usage_invalid", "tier", "provider_slug", "stream")
+    list_filter = ("status", "usage_invalid", "tier", "provider_slug", "wire_format", "stream")
     search_fields = ("request_id", "tenant__slug", "model")
     date_hierarchy = "created_at"
     list_select_related = ("tenant",)

@@ -26,11 +26,36 @@ class Price:
 
     input_usd_per_mtok: Decimal
     output_usd_per_mtok: Decimal
+    # Cached prompt tokens read and written, when they are priced apart from other input.
+    cache_read_usd_per_mtok: Decimal | None = None
+    cache_write_usd_per_mtok: Decimal | None = None
 
-    def cost(self, *, input_tokens: int, output_tokens: int) -> Decimal:
-        return (
-            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
-        ) / _MTOK
+    @property
+    def dearest_input(self) -> Decimal:
+        """The most a prompt token may cost (a reservation cannot know which get cached)."""
+        prices = (self.cache_read_usd_per_mtok, self.cache_write_usd_per_mtok)
+        return max([self.input_usd_per_mtok, *(p for p in prices if p is not None)])
+
+    def cost(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        """``input_tokens`` counts every prompt token, cached reads and writes included."""
+        read = self.cache_read_usd_per_mtok
+        write = self.cache_write_usd_per_mtok
+        read_tokens = cache_read_tokens if read is not None else 0
+        write_tokens = cache_write_tokens if write is not None else 0
+        plain = max(input_tokens - read_tokens - write_tokens, 0)
+        total = plain * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+        if read is not None:
+            total += read_tokens * read
+        if write is not None:
+            total += write_tokens * write
+        return total / _MTOK
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +96,17 @@ class Bill:
     latency_ms: int
     created_at: datetime
     week: str
+    wire_format: str = "openai-chat"  # the API the client spoke
 
     @property
     def cost_nanos(self) -> int:
-        cost = self.price.cost(input_tokens=self.tokens.input, output_tokens=self.tokens.output)
+        tokens = self.tokens
+        cost = self.price.cost(
+            input_tokens=tokens.input,
+            output_tokens=tokens.output,
+            cache_read_tokens=tokens.cache_read,
+            cache_write_tokens=tokens.cache_write,
+        )
         return to_nanos(cost)
 
     def record(self) -> dict[str, Any]:
@@ -91,6 +123,10 @@ class Bill:
             "stream": self.stream,
             "input_tokens": self.tokens.input,
             "output_tokens": self.tokens.output,
+            "cache_read_tokens": self.tokens.cache_read,
+            "cache_write_tokens": self.tokens.cache_write,
+            "reasoning_tokens": self.tokens.reasoning,
+            "wire_format": self.wire_format,
             "usage_reported": self.tokens.reported,
             "usage_invalid": self.tokens.invalid,
             "cost_nanos": self.cost_nanos,

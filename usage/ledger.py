@@ -58,6 +58,9 @@ _BIG, _INT, _SMALL = 2**63 - 1, 2**31 - 1, 2**15 - 1
 _COUNTS = {
     "input_tokens": _BIG,
     "output_tokens": _BIG,
+    "cache_read_tokens": _BIG,
+    "cache_write_tokens": _BIG,
+    "reasoning_tokens": _BIG,
     "cost_nanos": 10**20 - 1,  # cost_usd: 20 digits, 9 of them decimals
     "latency_ms": _INT,
     "http_status": _SMALL,

@@ -201,7 +201,12 @@ def estimate(
     """
     prompt = tokens_in(body_bytes)
     output = max_tokens * completions
-    cost = max(price.cost(input_tokens=prompt, output_tokens=output) for price in prices)
+    # Every prompt token at the dearest input price (a cache write costs more than plain
+    # input at Anthropic): the reservation is a ceiling, whatever the provider caches.
+    cost = max(
+        (prompt * price.dearest_input + output * price.output_usd_per_mtok) / 1_000_000
+        for price in prices
+    )
     return prompt + output, to_nanos(cost, ceiling=True)
 
 

@@ -32,6 +32,16 @@ class UsageRecord(models.Model):
     stream = models.BooleanField()
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
+    # Parts of the counts above, by kind: cached prompt tokens read and written (within
+    # input_tokens, which counts every prompt token), reasoning tokens (within output_tokens).
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    wire_format = models.CharField(
+        max_length=32,
+        default="openai-chat",
+        help_text="The API the client spoke: openai-chat or anthropic-messages.",
+    )
     usage_reported = models.BooleanField(
         default=True, help_text="False when the counts are the proxy's own (stream cut short)."
     )

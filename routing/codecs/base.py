@@ -1,8 +1,8 @@
 """The codec interface: how a client's wire format and a provider's meet.
 
 A request's journey (routing/pipeline.py) knows nothing of wire formats. It holds a
-:class:`ClientCodec` for the format the client speaks (today OpenAI chat completions; the
-Anthropic Messages and OpenAI Responses formats come next), which parses the request into a
+:class:`ClientCodec` for the format the client speaks (OpenAI chat completions or Anthropic
+Messages), which parses the request into a
 call and renders errors in the client's shape, and, per route, the :class:`ProviderCodec`
 the client codec names for that provider's kind: plain pass-through when both sides speak
 the same format, a translation otherwise. Adding a format adds codecs, not pipeline code.
@@ -96,9 +96,12 @@ CallT_contra = TypeVar("CallT_contra", bound=Call, contravariant=True)
 
 
 class StreamTranslator(Protocol):
-    usage: Usage
-    content_deltas: int  # content pieces seen: the output count when usage never came
-    complete: bool  # the provider ended the stream properly
+    @property
+    def usage(self) -> Usage: ...
+    @property
+    def content_deltas(self) -> int: ...  # content pieces seen: billed when usage never came
+    @property
+    def complete(self) -> bool: ...  # the provider ended the stream properly
 
     def feed(self, event: SSEEvent) -> bytes:
         """Bytes to send the client for one upstream event (b"" to send nothing)."""
@@ -122,9 +125,9 @@ class ProviderCodec(Protocol[CallT_contra]):
 class ClientCodec(Protocol[CallT]):
     """One wire format a client speaks to the proxy."""
 
-    name: str  # e.g. "openai-chat": for logs and metrics
+    name: str  # e.g. "openai-chat": the ledger's wire format, for logs and metrics
 
-    def parse(self, raw: bytes) -> CallT:
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> CallT:
         """The call in ``raw``, or ProxyError(400) saying what is wrong, in this format."""
         ...
 

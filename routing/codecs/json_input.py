@@ -5,7 +5,8 @@ like ``1e400`` become ``inf``, ``NaN``/``Infinity`` literals parse, and a lone s
 (``"\\ud800"``, or its raw UTF-8 bytes, which ``json.loads`` lets through with
 ``surrogatepass``) becomes a ``str`` that cannot be encoded again. Left in, each surfaces
 after admission as an encoding failure: a 500 and a ledger row for a request that never
-reached a provider. So they are refused here, with a 400 naming the field.
+reached a provider. So they are refused here, with a 400 naming the field, and so is a
+``__proto__`` key, which unknown-field pass-through must not carry to a JavaScript server.
 
 Clean bodies pay one regular-expression scan of the raw bytes and nothing else: only when
 a non-finite number was parsed or a surrogate may be present is the parsed body walked to
@@ -66,6 +67,13 @@ def load_json_object(
         invalid(f"{what} is not valid JSON.")
     if not isinstance(body, dict):
         invalid(f"{what} must be a JSON object.")
+    if '"__proto__"' in text:
+        # Unknown fields are passed on to a provider of the same format; this one never is:
+        # a JavaScript server (or gateway) in front of a provider may merge it into an
+        # object's prototype. Looked for only when the text holds it at all.
+        path = _proto_key(body, "")
+        if path is not None:
+            invalid(f"`{path}` is not a field any API has.", param=path)
     if flags.non_finite or _MAYBE_SURROGATE.search(text):
         try:
             problem = _first_problem(body, "")
@@ -95,6 +103,22 @@ def _first_problem(value: Any, path: str) -> tuple[str, str] | None:
         for index, item in enumerate(value):
             found = _first_problem(item, f"{path}[{index}]")
             if found is not None:
+                return found
+    return None
+
+
+def _proto_key(value: Any, path: str) -> str | None:
+    """The path of the first ``__proto__`` key under ``value``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if key == "__proto__":
+                return where
+            if (found := _proto_key(item, where)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _proto_key(item, f"{path}[{index}]")) is not None:
                 return found
     return None
 

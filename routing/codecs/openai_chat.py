@@ -1,8 +1,9 @@
 """The OpenAI chat-completions wire format, as clients send it: parsing and validation.
 
 Only what the proxy itself relies on is checked strictly (model, messages, stream, the
-token limit that caps a reservation, the sampling numbers); other fields are passed on to
-OpenAI-compatible providers untouched, where the provider judges them.
+token limit that caps a reservation, the sampling numbers, the types of the fields a
+translation reads); other fields, known or not, are passed on to OpenAI-compatible providers
+untouched, where the provider judges them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from routing.codecs.json_input import load_json_object
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_TOKENS_LIMIT = 10_000_000
 
-# The chat-completions parameters OpenAI documents. Like OpenAI, the proxy refuses others
-# ("Unrecognized request argument"), so nothing unvetted reaches a provider on the pool's
-# keys; PROXY_EXTRA_CHAT_FIELDS admits more (say, vLLM's top_k).
+# The chat-completions parameters OpenAI documents. A request going to an OpenAI-compatible
+# provider keeps any other field (a provider's extension, a parameter newer than the proxy);
+# one translated for another provider refuses them by name (routing/codecs/chat_client.py),
+# since there is nothing to translate them to.
 KNOWN_FIELDS = frozenset(
     {
         "model", "messages", "audio", "frequency_penalty", "function_call", "functions",
@@ -87,13 +89,8 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_chat_request(
-    raw: bytes, *, max_messages: int, extra_fields: frozenset[str] = frozenset()
-) -> ChatRequest:
+def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
     body = load_json_object(raw, invalid=_invalid)
-    unknown = sorted(set(body) - KNOWN_FIELDS - extra_fields)
-    if unknown:
-        _invalid(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
     for name, kind in _TYPES.items():
         value = body.get(name)
         if value is not None and not _has_type(value, kind):

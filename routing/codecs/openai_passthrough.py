@@ -26,7 +26,7 @@ from routing.sse import SSEEvent
 from usage.limits import tokens_in
 
 
-def _usage_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+def usage_of(obj: dict[str, Any]) -> dict[str, Any] | None:
     usage = obj.get("usage")
     if isinstance(usage, dict):
         return usage
@@ -39,11 +39,25 @@ def _usage_of(obj: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _read_usage(usage: dict[str, Any], into: Usage) -> None:
+def read_usage(usage: dict[str, Any], into: Usage) -> None:
+    """An OpenAI-style usage object's counts, validated, into ``into``.
+
+    ``prompt_tokens`` counts every prompt token, cached ones included; the cached ones are
+    in ``prompt_tokens_details.cached_tokens`` (OpenAI) or a top-level ``cached_tokens``
+    (Moonshot's context cache).
+    """
     counts = token_counts(usage, required=("prompt_tokens", "completion_tokens"))
-    cached = token_counts(usage.get("prompt_tokens_details"), optional=("cached_tokens",))
+    details = usage.get("prompt_tokens_details")
+    cached = token_counts(
+        details if isinstance(details, dict) else usage, optional=("cached_tokens",)
+    )
     reasoning = token_counts(usage.get("completion_tokens_details"), optional=("reasoning_tokens",))
-    if counts is None or cached is None or reasoning is None:
+    if (
+        counts is None
+        or cached is None
+        or reasoning is None
+        or cached["cached_tokens"] > counts["prompt_tokens"]  # more cached than sent
+    ):
         into.invalid, into.reported = True, False
         return
     into.input_tokens, into.output_tokens = counts["prompt_tokens"], counts["completion_tokens"]
@@ -52,7 +66,7 @@ def _read_usage(usage: dict[str, Any], into: Usage) -> None:
     into.reported = True
 
 
-def _output_bytes(choices: Any, key: str) -> int:
+def output_bytes(choices: Any, key: str) -> int:
     """The size of the text an answer's choices produced (content and tool arguments)."""
     size = 0
     for choice in choices if isinstance(choices, list) else ():
@@ -69,7 +83,7 @@ def _output_bytes(choices: Any, key: str) -> int:
     return size
 
 
-class _ModelName:
+class ModelName:
     """Puts the tenant's model name where the provider wrote its own in a stream's chunks.
 
     The chunks are relayed as their bytes; the name is swapped in place (the replacement
@@ -82,10 +96,9 @@ class _ModelName:
         self._needles: tuple[bytes, ...] = ()
         self._replacement = b'"model":' + json.dumps(public).encode()
 
-    def apply(self, raw: bytes, obj: dict[str, Any], *, event: bool = True) -> bytes:
-        """``raw`` (the encoding of ``obj``, a stream event or a whole answer) naming the
-        tenant's model; re-encoded only when the name is written in some unusual way."""
-        upstream = obj.get("model")
+    def swap(self, raw: bytes, upstream: Any) -> bytes | None:
+        """``raw`` with the provider's name ``upstream`` replaced by the tenant's, or None
+        when ``raw`` writes it some unusual way (the caller re-encodes then)."""
         if upstream is None or upstream == self.public:
             return raw
         if upstream != self._seen:
@@ -95,6 +108,14 @@ class _ModelName:
         for needle in self._needles:
             if needle in raw:
                 return raw.replace(needle, self._replacement)
+        return None
+
+    def apply(self, raw: bytes, obj: dict[str, Any], *, event: bool = True) -> bytes:
+        """``raw`` (the encoding of ``obj``, a stream event or a whole answer) naming the
+        tenant's model; re-encoded only when the name is written in some unusual way."""
+        swapped = self.swap(raw, obj.get("model"))
+        if swapped is not None:
+            return swapped
         renamed = {**obj, "model": self.public}
         return sse_data(renamed) if event else dumps(renamed)
 
@@ -105,7 +126,7 @@ class OpenAIStream:
         self.usage = Usage()
         self.content_deltas = 0
         self.complete = False
-        self._model = _ModelName(model)
+        self._model = ModelName(model)
 
     def feed(self, event: SSEEvent) -> bytes:
         data = event.data
@@ -135,9 +156,9 @@ class OpenAIStream:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 if isinstance(delta, dict) and delta.get("content"):
                     self.content_deltas += 1
-        usage = _usage_of(obj)
+        usage = usage_of(obj)
         if usage is not None:
-            _read_usage(usage, self.usage)
+            read_usage(usage, self.usage)
             if not self.include_usage and choices == []:
                 return b""  # the usage-only chunk the client did not ask for
         if not self.include_usage:
@@ -181,15 +202,15 @@ class OpenAIPassthrough:
             # An error dressed as a 200 (some gateways do this): a failure, not an answer,
             # and its message goes out only as the pipeline's redacted error.
             raise failed_mid_stream(obj["error"], stream=False)
-        usage = Usage(output_estimate=tokens_in(_output_bytes(obj.get("choices"), "message")))
-        found = _usage_of(obj)
+        usage = Usage(output_estimate=tokens_in(output_bytes(obj.get("choices"), "message")))
+        found = usage_of(obj)
         if found is None:
             usage.invalid = True  # a whole answer without its usage cannot be billed from it
         else:
-            _read_usage(found, usage)
+            read_usage(found, usage)
         # The tenant sees the model it asked for, never the upstream's name for it; swapped in
         # the bytes, so the answer is not re-encoded.
-        return _ModelName(route.model).apply(raw, obj, event=False), usage
+        return ModelName(route.model).apply(raw, obj, event=False), usage
 
     def stream(self, *, route: Route, call: ChatRequest) -> OpenAIStream:
         return OpenAIStream(include_usage=call.include_usage, model=route.model)

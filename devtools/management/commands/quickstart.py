@@ -86,6 +86,20 @@ for chunk in client.chat.completions.create(
 print()
 PY
 
+  Or with the Anthropic SDK (pip install anthropic), on the same token and tier:
+
+python - <<'PY'
+import anthropic
+client = anthropic.Anthropic(base_url="{url}", api_key="{token}")
+with client.messages.stream(
+    model="auto", max_tokens=200, messages=[{{"role": "user", "content": "Hello!"}}]
+) as stream:
+    print(stream.get_final_text())
+PY
+
+  Or Claude Code: ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=<the token> claude
+  (its claude-* model names reach the tier's model through the demo's aliases)
+
   Admin:     {url}/admin/   user: admin   password: {password}
 """
         )
