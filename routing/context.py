@@ -253,6 +253,16 @@ class ContextCache:
 context_cache = ContextCache()
 
 
+def model_not_found(model: str) -> ProxyError:
+    # The same answer whether the model exists in another tier or nowhere.
+    return ProxyError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
 async def aauthenticate(request: HttpRequest) -> TenantContext:
     """The calling tenant's context, or ProxyError (401 bad token, 403 suspended/revoked)."""
     token = token_from(request)

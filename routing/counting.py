@@ -22,7 +22,7 @@ from core.decoding import aread_capped
 from core.errors import ProxyError, error_response
 from routing.codecs.anthropic_messages import parse_count_tokens_request
 from routing.codecs.base import UpstreamRequest
-from routing.context import aauthenticate
+from routing.context import aauthenticate, model_not_found
 from routing.health import key_health
 from routing.upstream import UpstreamError, asend_once
 from usage.limits import tokens_in
@@ -45,11 +45,7 @@ async def _acount(request: HttpRequest) -> HttpResponseBase:
     call = parse_count_tokens_request(raw, headers=request.headers)
     routes = context.routes_for(call.model)
     if not routes:
-        raise ProxyError(
-            404,
-            f"The model `{call.model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-        )
+        raise model_not_found(call.model)
     await key_health.arefresh()
     failure: ProxyError | None = None
     deadline = time.monotonic() + routes[0].provider.total_timeout

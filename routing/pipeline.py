@@ -36,7 +36,7 @@ from django.utils import timezone
 from core.decoding import aread_capped, decoded
 from core.errors import ProxyError
 from routing.codecs.base import Call, ClientCodec, StreamTranslator, Usage
-from routing.context import Route, TenantContext, aauthenticate
+from routing.context import Route, TenantContext, aauthenticate, model_not_found
 from routing.redaction import redact_error
 from routing.sse import SSEParser
 from routing.upstream import Attempt, Opened, aopen
@@ -84,13 +84,7 @@ async def _ajourney(
     call: Call = codec.parse(raw, request.headers)
     routes = context.routes_for(call.model)
     if not routes:
-        # The same answer whether the model exists in another tier or nowhere.
-        raise ProxyError(
-            404,
-            f"The model `{call.model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
+        raise model_not_found(call.model)
     max_tokens = call.max_tokens or context.limits.default_max_tokens
     tokens, nanos = estimate(
         prices=[route.price for route in routes],

@@ -7,20 +7,18 @@ completion allowance the reservation holds; usage is read on the way without re-
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
 from django.test import override_settings
 
 from core.errors import ProxyError
 from routing.codecs.anthropic_messages import MessagesRequest, parse_messages_request
 from routing.codecs.anthropic_passthrough import AnthropicPassthrough
-from routing.context import PooledKey, Route, Upstream
-from routing.keyring import ProviderKeyAuth, seal
+from routing.context import Route
 from routing.sse import SSEParser
+from tests.support.routes import make_route
 
 pytestmark = pytest.mark.core
 
@@ -29,28 +27,11 @@ CODEC = AnthropicPassthrough()
 
 
 def route() -> Route:
-    with override_settings(PROXY_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
-        ciphertext, last4 = seal("sk-ant-test-0123456789")
-        auth = ProviderKeyAuth(ciphertext, header="x-api-key")
-    upstream = Upstream(
-        id=1,
-        slug="anthropic-test",
-        kind="anthropic",
+    return make_route(
+        "anthropic",
         base_url="https://api.anthropic.com",
-        connect_timeout=5.0,
-        first_byte_timeout=30.0,
-        idle_timeout=30.0,
-        total_timeout=300.0,
-        keys=(PooledKey(id=1, label="test", last4=last4, weight=1, auth=auth),),
-    )
-    return Route(
-        id=1,
-        model="claude-opus-4-8",
         upstream_model="claude-sonnet-4-5-20250929",
-        priority=0,
-        provider=upstream,
-        input_usd_per_mtok=Decimal(3),
-        output_usd_per_mtok=Decimal(15),
+        model="claude-opus-4-8",
     )
 
 

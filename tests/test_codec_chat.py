@@ -12,13 +12,10 @@ accumulator as well as by value.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
-from django.test import override_settings
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import (
     ChatCompletion,
@@ -56,9 +53,9 @@ from routing.codecs.model import (
     ToolUse,
 )
 from routing.codecs.openai_chat import KNOWN_FIELDS, ChatRequest
-from routing.context import PooledKey, Route, Upstream
-from routing.keyring import ProviderKeyAuth, seal
+from routing.context import Route
 from routing.sse import SSEEvent, SSEParser
+from tests.support.routes import make_route
 from usage.limits import tokens_in
 
 pytestmark = pytest.mark.core
@@ -70,35 +67,6 @@ PNG = (  # a 1x1 PNG
 )
 WEATHER_ARGS = '{"city": "Paris", "unit": "celsius"}'
 TIME_ARGS = '{"timezone": "Europe/Paris"}'
-
-
-def make_route(kind: str, *, base_url: str, upstream_model: str) -> Route:
-    # A throwaway encryption key: the pooled key is sealed and opened as the proxy does it.
-    with override_settings(PROXY_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
-        ciphertext, last4 = seal("sk-test-0123456789abcdef")
-        header = "authorization" if kind == "openai" else "x-api-key"
-        auth = ProviderKeyAuth(ciphertext, header=header)
-    key = PooledKey(id=1, label="test", last4=last4, weight=1, auth=auth)
-    upstream = Upstream(
-        id=1,
-        slug=f"{kind}-test",
-        kind=kind,
-        base_url=base_url,
-        connect_timeout=5.0,
-        first_byte_timeout=30.0,
-        idle_timeout=30.0,
-        total_timeout=300.0,
-        keys=(key,),
-    )
-    return Route(
-        id=1,
-        model="auto",
-        upstream_model=upstream_model,
-        priority=0,
-        provider=upstream,
-        input_usd_per_mtok=Decimal("1.00"),
-        output_usd_per_mtok=Decimal("4.00"),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ the official `anthropic` SDK (its types, and its own stream accumulator) as well
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,7 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message as SDKMessage
 from anthropic.types import RawMessageStreamEvent
-from cryptography.fernet import Fernet
 from django.conf import settings
-from django.test import override_settings
 from pydantic import TypeAdapter
 
 from core.errors import ProxyError
@@ -57,9 +54,9 @@ from routing.codecs.model import (
     ToolResult,
     ToolUse,
 )
-from routing.context import PooledKey, Route, Upstream
-from routing.keyring import ProviderKeyAuth, seal
+from routing.context import Route
 from routing.sse import SSEParser
+from tests.support.routes import make_route
 
 pytestmark = pytest.mark.core
 
@@ -69,35 +66,6 @@ STREAM_EVENT: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamE
 
 def wire(name: str) -> bytes:
     return (WIRE / name).read_bytes()
-
-
-def make_route(kind: str, *, base_url: str, upstream_model: str) -> Route:
-    # A throwaway encryption key: the pooled key is sealed and opened as the proxy does it.
-    with override_settings(PROXY_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
-        ciphertext, last4 = seal("sk-test-0123456789abcdef")
-        header = "authorization" if kind == "openai" else "x-api-key"
-        auth = ProviderKeyAuth(ciphertext, header=header)
-    key = PooledKey(id=1, label="test", last4=last4, weight=1, auth=auth)
-    upstream = Upstream(
-        id=1,
-        slug=f"{kind}-test",
-        kind=kind,
-        base_url=base_url,
-        connect_timeout=5.0,
-        first_byte_timeout=30.0,
-        idle_timeout=30.0,
-        total_timeout=300.0,
-        keys=(key,),
-    )
-    return Route(
-        id=1,
-        model="auto",
-        upstream_model=upstream_model,
-        priority=0,
-        provider=upstream,
-        input_usd_per_mtok=Decimal("1.00"),
-        output_usd_per_mtok=Decimal("4.00"),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from routing.redaction import MAX_MESSAGE, redact, redact_error
 from routing.services import provider_create, provider_key_create
 from tests.conftest import LiveProxy, World, ledger_rows
 from tests.support.mockserver import MockServer
-from tests.test_codecs import make_route
+from tests.support.routes import make_route
 
 
 def exchange(proxy: LiveProxy, token: str, model: str, stream: bool) -> str:

@@ -30,7 +30,6 @@ import base64
 import itertools
 import json
 import string
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -65,8 +64,8 @@ from routing.codecs.model import (
     ToolUse,
 )
 from routing.codecs.openai_chat import ChatRequest, parse_chat_request
-from routing.context import Route, Upstream
 from routing.sse import SSEEvent, SSEParser
+from tests.support.routes import make_route
 
 pytestmark = pytest.mark.core
 
@@ -76,31 +75,10 @@ MAX_MESSAGES = 1000
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
 
 
-def make_route(kind: str, upstream_model: str) -> Route:
-    upstream = Upstream(
-        id=1,
-        slug=f"{kind}-test",
-        kind=kind,
-        base_url=f"https://{kind}.invalid",
-        connect_timeout=5.0,
-        first_byte_timeout=30.0,
-        idle_timeout=30.0,
-        total_timeout=300.0,
-        keys=(),
-    )
-    return Route(
-        id=1,
-        model="auto",
-        upstream_model=upstream_model,
-        priority=0,
-        provider=upstream,
-        input_usd_per_mtok=Decimal("1"),
-        output_usd_per_mtok=Decimal("4"),
-    )
-
-
-ANTHROPIC_ROUTE = make_route("anthropic", "claude-sonnet-4-5-20250929")
-OPENAI_ROUTE = make_route("openai", "kimi-k2")
+ANTHROPIC_ROUTE = make_route(
+    "anthropic", base_url="https://anthropic.invalid", upstream_model="claude-sonnet-4-5-20250929"
+)
+OPENAI_ROUTE = make_route("openai", base_url="https://openai.invalid", upstream_model="kimi-k2")
 
 # --- generating OpenAI chat requests ------------------------------------------------------
 

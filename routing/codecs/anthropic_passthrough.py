@@ -19,7 +19,7 @@ from django.conf import settings
 
 from core.errors import ProxyError
 from routing.codecs.anthropic_messages import MessagesRequest
-from routing.codecs.base import UpstreamRequest, Usage, dumps, failed_mid_stream
+from routing.codecs.base import UpstreamRequest, Usage, dumps, event_object, failed_mid_stream
 from routing.codecs.messages_provider import AnthropicUsage
 from routing.codecs.openai_passthrough import ModelName
 from routing.context import Route
@@ -67,16 +67,7 @@ class AnthropicPassthroughStream:
             return event.raw
         if kind in _UNREAD:
             return event.raw
-        try:
-            data = json.loads(event.data)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ProxyError(
-                502,
-                "The provider's stream carried an event that is not JSON.",
-                code="upstream_error",
-            )
+        data = event_object(event.data)
         kind = data.get("type") if isinstance(data.get("type"), str) else kind
         if kind == "content_block_delta":  # an event written without its `event:` line
             self.content_deltas += 1

@@ -194,6 +194,21 @@ def failed_mid_stream(error: Any, *, stream: bool = True) -> ProxyError:
     return ProxyError(502, f"The provider failed{where}{detail}", code="upstream_error")
 
 
+def event_object(data: str) -> dict[str, Any]:
+    """A provider's stream event data as the JSON object it must be, or a 502: anything else
+    (an HTML error page from a gateway in front of the provider, say) means the stream can
+    be trusted neither to be whole nor to be billed as answered."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise ProxyError(
+            502, "The provider's stream carried an event that is not JSON.", code="upstream_error"
+        )
+    return obj
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 

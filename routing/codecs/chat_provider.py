@@ -32,7 +32,7 @@ import uuid
 from typing import Any, NoReturn
 
 from core.errors import ProxyError
-from routing.codecs.base import UpstreamRequest, Usage, failed_mid_stream
+from routing.codecs.base import UpstreamRequest, Usage, event_object, failed_mid_stream
 from routing.codecs.model import (
     Answer,
     AnswerPart,
@@ -365,16 +365,7 @@ class ChatDecoder:
             out.append(End(self.usage))
             self.complete = True
             return out
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise ProxyError(
-                502,
-                "The provider's stream carried an event that is not JSON.",
-                code="upstream_error",
-            )
+        obj = event_object(data)
         choices = obj.get("choices")
         if "error" in obj and choices is None:
             raise failed_mid_stream(obj["error"])

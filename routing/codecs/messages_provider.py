@@ -50,7 +50,13 @@ from typing import Any, NoReturn
 from django.conf import settings
 
 from core.errors import ProxyError
-from routing.codecs.base import UpstreamRequest, Usage, failed_mid_stream, token_counts
+from routing.codecs.base import (
+    UpstreamRequest,
+    Usage,
+    event_object,
+    failed_mid_stream,
+    token_counts,
+)
 from routing.codecs.model import (
     Answer,
     AnswerPart,
@@ -386,16 +392,7 @@ class MessagesDecoder:
     def feed(self, event: SSEEvent) -> list[Event]:
         if event.data is None:
             return []  # a comment (keep-alive)
-        try:
-            data = json.loads(event.data)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ProxyError(
-                502,
-                "The provider's stream carried an event that is not JSON.",
-                code="upstream_error",
-            )
+        data = event_object(event.data)
         kind = data.get("type") or event.event
         if kind == "message_start":
             message = data.get("message")

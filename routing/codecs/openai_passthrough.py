@@ -16,6 +16,7 @@ from routing.codecs.base import (
     UpstreamRequest,
     Usage,
     dumps,
+    event_object,
     failed_mid_stream,
     sse_data,
     token_counts,
@@ -135,18 +136,7 @@ class OpenAIStream:
         if data == "[DONE]":
             self.complete = True
             return event.raw
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            # Not a chunk (an HTML error page from a gateway in front of the provider, say):
-            # the stream cannot be trusted to be whole, nor billed as answered.
-            raise ProxyError(
-                502,
-                "The provider's stream carried an event that is not JSON.",
-                code="upstream_error",
-            )
+        obj = event_object(data)
         choices = obj.get("choices")
         if "error" in obj and choices is None:
             raise failed_mid_stream(obj["error"])
