@@ -1,11 +1,25 @@
 """A fake upstream LLM provider for tests and benchmarks, as a pure ASGI application.
 
-It speaks the OpenAI chat-completions and the Anthropic Messages wire formats exactly as the
-real services do, streaming included, so the official SDKs (and the proxy) parse it unchanged.
+It speaks the OpenAI chat-completions, the OpenAI Responses and the Anthropic Messages wire
+formats exactly as the real services do, streaming included, so the official SDKs (and the
+proxy) parse it unchanged.
 It needs neither Django nor a database; ``python manage.py mock_provider`` serves it with Daphne.
 
 Endpoints
     ``POST /v1/chat/completions``  OpenAI; needs ``Authorization: Bearer <key>``.
+    ``POST /v1/responses``         OpenAI Responses; same auth, ``x-request-id``; needs ``model``
+                                   and ``input`` (a string or a list of items). It stores
+                                   nothing: a ``previous_response_id`` gets OpenAI's 400 for an
+                                   id it does not hold (``previous_response_not_found``), and
+                                   a reasoning item passed back without encrypted content the
+                                   400 for an item not persisted. Its stream is OpenAI's
+                                   event sequence (``event: <type>`` lines, every event with
+                                   its ``sequence_number``): ``response.created``,
+                                   ``response.in_progress``, then per output item
+                                   ``output_item.added``, its part's ``added``, its deltas,
+                                   ``done`` events and ``output_item.done``; then
+                                   ``response.completed`` (``response.incomplete`` when cut at
+                                   ``max_output_tokens``) with the whole output and usage.
     ``GET  /v1/models``            OpenAI model list (one model, ``mock-model``; no auth).
     ``POST /v1/messages``          Anthropic; needs a key in ``x-api-key`` (or, as the installed
                                    SDK sends it, ``Authorization: Bearer``), an
@@ -30,10 +44,15 @@ Output
        signature (``thinking_delta`` pieces, then a ``signature_delta``); on OpenAI whenever
        configured, as ``reasoning_content`` (Moonshot / DeepSeek style), also counted in
        ``completion_tokens_details.reasoning_tokens``.
+       On Responses, whenever configured, as a ``reasoning`` output item whose summary is
+       that text (``reasoning_summary_text`` deltas), with ``encrypted_content`` (the text
+       and an HMAC of it, checked when it comes back: 400 otherwise) when ``include`` has
+       ``"reasoning.encrypted_content"``; counted in ``output_tokens_details.reasoning_tokens``.
     2. then one of:
 
-       - after a tool result (the last message is OpenAI ``role: tool`` messages, or an
-         Anthropic user message with ``tool_result`` blocks): the text
+       - after a tool result (the last message is OpenAI ``role: tool`` messages, an
+         Anthropic user message with ``tool_result`` blocks, or the last Responses input items
+         are ``function_call_output`` / ``custom_tool_call_output``): the text
          ``"Tool results: " + " | ".join(each result's text)`` in pieces of two words (a
          result's text: its string content, or its text parts concatenated); finish
          ``stop`` / ``end_turn``;
@@ -41,12 +60,17 @@ Output
          ``config["tool_calls"]``: a call of each of those, in the configured order
          (``config["tool_text"]``, in pieces of two words, first when set); their compact JSON
          arguments in pieces of ``arguments_chunk`` characters; ids ``call_<24 hex>`` /
-         ``toolu_<24 hex>``; finish ``tool_calls`` / ``tool_use``;
+         ``toolu_<24 hex>``; finish ``tool_calls`` / ``tool_use``. On Responses each is a
+         ``function_call`` item (``function_call_arguments`` deltas), or, for a tool the request
+         offers as ``{"type": "custom"}`` (Codex's apply_patch), a ``custom_tool_call`` whose
+         ``input`` is the configured arguments' ``"input"`` string (else their compact JSON),
+         in the same pieces (``custom_tool_call_input`` deltas);
        - otherwise ``chunks`` pieces, piece ``i`` being ``text[i % len(text)]``
          (``DEFAULT_TEXT`` unless configured).
 
-    When the request holds images (OpenAI ``image_url`` parts; Anthropic ``image`` blocks,
-    also inside ``tool_result`` content), the reply's text, if it has any, starts with one more
+    When the request holds images (OpenAI ``image_url`` parts; Responses ``input_image``
+    parts, also in tool outputs; Anthropic ``image`` blocks, also inside ``tool_result``
+    content), the reply's text, if it has any, starts with one more
     piece, ``"I see N image(s). "``. Images are checked as the real APIs check them (400
     otherwise).
 
@@ -56,13 +80,16 @@ Output
     outnumber the request's ``max_tokens`` (OpenAI: ``max_completion_tokens`` or
     ``max_tokens``), only that many are sent: ``finish_reason: "length"`` /
     ``stop_reason: "max_tokens"`` (a cut tool call keeps its partial arguments on OpenAI and
-    streams; a non-streamed Anthropic reply gives it ``input: {}``).
+    streams; a non-streamed Anthropic reply gives it ``input: {}``). Responses has no stop
+    sequences; past ``max_output_tokens`` its reply has ``status: "incomplete"``,
+    ``incomplete_details: {"reason": "max_output_tokens"}`` and the cut item ``incomplete``.
 
     ``config["cache"]`` ``{"read": R, "write": W}`` makes replies report cache figures:
     Anthropic ``cache_read_input_tokens = R``, ``cache_creation_input_tokens = W`` and
     ``input_tokens = max(prompt - R - W, 0)``, in ``message_start`` and ``message_delta``
     alike (streams always repeat the input and cache counts in ``message_delta``); OpenAI
-    ``prompt_tokens`` stays the total and ``prompt_tokens_details.cached_tokens = R``.
+    ``prompt_tokens`` stays the total and ``prompt_tokens_details.cached_tokens = R``;
+    Responses likewise (``input_tokens`` and ``input_tokens_details.cached_tokens = R``).
 
 Checks a real API makes that the mock makes too (400 in the API's own error shape)
     A tool result must answer a tool call of the assistant message just before it, and
@@ -79,7 +106,10 @@ Prompt tokens
     definition (OpenAI ``function.description``, Anthropic ``description``; none counts 0),
     where ``words(x)`` is ``len(x.split())`` for a string and, for a list, the sum of that over
     its ``{"type": "text"}`` parts and over the content of its ``tool_result`` blocks; any other
-    content (images, tool calls, thinking, ...) counts zero words.
+    content (images, tool calls, thinking, ...) counts zero words. A Responses request counts
+    ``3 + words`` for each message item (a string input is one) and each tool output item,
+    for ``instructions`` and for each tool's ``description``, words being those of strings and
+    of ``input_text`` / ``output_text`` parts.
 
 Record
     Each call's record (``/_mock/stats``) has, besides the request (``path``, ``query``,
@@ -129,7 +159,7 @@ from typing import Any, Literal, Protocol
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Api = Literal["openai", "anthropic"]
+Api = Literal["openai", "anthropic", "responses"]  # "responses": OpenAI's Responses API
 
 MAX_RECORDS = 1000
 DEFAULT_TEXT: tuple[str, ...] = (
@@ -155,6 +185,7 @@ FAULT_ACTIONS = frozenset(
      "stream_error", "usage", "garbage_line", "prefer_max_tokens", "body"}
 )  # fmt: skip
 MATCH_KEYS = frozenset({"api_key", "model", "api"})
+MATCH_APIS = ("openai", "anthropic", "responses")  # the values a fault's match.api may take
 CONFIG_KEYS = frozenset(
     {"chunks", "chunk_delay", "ttft", "text", "faults", "tool_calls", "tool_text",
      "arguments_chunk", "thinking", "cache"}
@@ -169,7 +200,16 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
 ]
 # What the real services call their request-id header.
-REQUEST_ID_HEADER: dict[Api, bytes] = {"openai": b"x-request-id", "anthropic": b"request-id"}
+REQUEST_ID_HEADER: dict[Api, bytes] = {
+    "openai": b"x-request-id",
+    "anthropic": b"request-id",
+    "responses": b"x-request-id",
+}
+# What the Responses API's stream_error fault sends: OpenAI's `error` event, or a
+# `response.failed` event whose response carries the error.
+RESPONSES_STREAM_ERRORS = ("error", "response.failed")
+# The `include` value that makes the Responses API return reasoning as encrypted content.
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 # The error a status fault sends by default, as each API reports that status:
 # OpenAI (type, code, message), Anthropic type.
@@ -267,6 +307,8 @@ def _parse_fault(rule: Any) -> Fault:
         raise ConfigError(f"fault match may only use {sorted(MATCH_KEYS)}")
     if not all(isinstance(value, str) for value in match.values()):
         raise ConfigError("fault match values must be strings")
+    if "api" in match and match["api"] not in MATCH_APIS:
+        raise ConfigError(f"fault match api must be one of {list(MATCH_APIS)}")
     times = rule.get("times")
     if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 0):
         raise ConfigError("fault times must be null or a non-negative integer")
@@ -284,6 +326,8 @@ def _parse_fault(rule: Any) -> Fault:
         _seconds(action, "seconds")
     elif kind in ("break_after", "stream_error", "garbage_line"):
         _count(action, "chunks")
+        if kind == "stream_error" and action.get("event", "error") not in RESPONSES_STREAM_ERRORS:
+            raise ConfigError(f"stream_error event must be one of {list(RESPONSES_STREAM_ERRORS)}")
     elif kind == "body":
         if not isinstance(action.get("body"), dict):
             raise ConfigError("a body fault needs a body object")
@@ -373,6 +417,28 @@ def _sign(secret: bytes, thinking: str) -> str:
     return base64.b64encode(hmac.new(secret, thinking.encode(), hashlib.sha256).digest()).decode()
 
 
+def _seal(secret: bytes, reasoning: str) -> str:
+    """A Responses reasoning item's ``encrypted_content``: its text with an HMAC of it, so the
+    mock can tell, when it comes back, that it is its own and unaltered."""
+    text = reasoning.encode()
+    mac = hmac.new(secret, text, hashlib.sha256).digest()
+    return "gAAAA" + base64.urlsafe_b64encode(mac + text).decode()
+
+
+def _unseal(secret: bytes, sealed: str) -> str | None:
+    """The reasoning text in ``sealed``, or None when this process did not make it so."""
+    try:
+        raw = base64.urlsafe_b64decode(sealed.removeprefix("gAAAA").encode())
+    except (binascii.Error, ValueError):
+        return None
+    mac, text = raw[:32], raw[32:]
+    if not sealed.startswith("gAAAA") or not hmac.compare_digest(
+        mac, hmac.new(secret, text, hashlib.sha256).digest()
+    ):
+        return None
+    return text.decode(errors="replace")
+
+
 def _openai_error(
     message: str,
     *,
@@ -389,7 +455,7 @@ def _anthropic_error(kind: str, message: str) -> dict[str, Any]:
 
 def _api_error(api: Api, status: int) -> dict[str, Any]:
     """The body a real provider of `api` would send with `status`."""
-    if api == "openai":
+    if api != "anthropic":  # both OpenAI APIs share one error shape
         default = ("server_error", None, "The server had an error processing your request.")
         if status < 500:
             default = ("invalid_request_error", None, "Invalid request.")
@@ -467,7 +533,7 @@ class _Call:
         self, status: int, message: str, *, param: str | None = None, code: str | None = None
     ) -> None:
         """Reject the call in the API's own error shape (only OpenAI's has param and code)."""
-        if self.api == "openai":
+        if self.api != "anthropic":
             await self.json(status, _openai_error(message, param=param, code=code))
         else:
             await self.json(status, _anthropic_error(ANTHROPIC_ERRORS[status], message))
@@ -517,6 +583,8 @@ class _Block:
     name: str = ""
     arguments: dict[str, Any] | None = None
     complete: bool = True  # False when the token limit cut it short
+    custom: bool = False  # Responses: a call of a `custom` tool (its pieces are its input)
+    item_id: str = ""  # Responses: the output item's id
 
     @property
     def text(self) -> str:
@@ -553,6 +621,8 @@ class _Plan:
     # The usage object the reply reports instead of its true counts; None: no usage at all.
     usage_override: dict[str, Any] | None = None
     usage_replaced: bool = False
+    error_event: str = "error"  # Responses: what a stream_error fault sends
+    encrypt_reasoning: bool = False  # Responses: reasoning items carry encrypted_content
 
     def limit_to(self, limit: int | None) -> None:
         """Keep the first ``limit`` pieces of the full reply (blocks past them are dropped)."""
@@ -592,6 +662,10 @@ class _Plan:
     def signature(self, block: _Block) -> str:
         return _sign(self.secret, block.text)
 
+    def sealed(self, block: _Block) -> str:
+        """A reasoning item's encrypted_content: only this process can make one that opens."""
+        return _seal(self.secret, block.text)
+
     def openai_finish(self) -> str:
         if self.truncated:
             return "length"
@@ -612,10 +686,11 @@ class _Inspection:
     prompt_tokens: int
     images: int
     tool_results: list[dict[str, Any]] | None  # the last message's results, if it is one
-    offered: set[str]  # names of the tools the request offers
+    offered: dict[str, str]  # the tools the request offers: name -> "function" | "custom"
     tools_allowed: bool  # False under tool_choice none
     thinking: bool  # Anthropic: the request enables thinking
     stops: list[str]
+    encrypt_reasoning: bool = False  # Responses: `include` asks for encrypted reasoning
 
 
 def _inspect(api: Api, payload: dict[str, Any], messages: list[Any], secret: bytes) -> _Inspection:
@@ -627,13 +702,13 @@ def _inspect(api: Api, payload: dict[str, Any], messages: list[Any], secret: byt
         results = _anthropic_tool_results(messages)
         _check_signatures(messages, secret)
     tools = payload.get("tools")
-    offered: set[str] = set()
+    offered: dict[str, str] = {}
     for tool in tools if isinstance(tools, list) else []:
         if not isinstance(tool, dict):
             continue
         function = tool.get("function") if api == "openai" else tool
         if isinstance(function, dict) and isinstance(function.get("name"), str):
-            offered.add(function["name"])
+            offered[function["name"]] = "function"
     choice = payload.get("tool_choice")
     allowed = choice != "none" and not (isinstance(choice, dict) and choice.get("type") == "none")
     thinking = False
@@ -712,6 +787,29 @@ def _check_signatures(messages: list[Any], secret: bytes) -> None:
                 raise _Reject(f"messages.{i}.content.{j}.thinking.signature: Field required")
             if not isinstance(text, str) or not hmac.compare_digest(signature, _sign(secret, text)):
                 raise _Reject(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+
+
+def _check_thinking_kept(messages: list[Any]) -> None:
+    """With thinking on (and the mock thinking, as a real model then always does), the last
+    assistant turn that called tools must be passed back starting with its thinking block,
+    as Anthropic requires: a client or proxy that loses it in a tool loop is refused."""
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+        if not any(block.get("type") == "tool_use" for block in blocks):
+            return
+        first = blocks[0].get("type")
+        if first not in ("thinking", "redacted_thinking"):
+            raise _Reject(
+                f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+                f"found `{first}`. When `thinking` is enabled, a final `assistant` message must "
+                "start with a thinking block (preceeding the lastmost set of `tool_use` and "
+                "`tool_result` blocks)."
+            )
+        return
 
 
 def _openai_images(messages: list[Any]) -> int:
@@ -910,6 +1008,208 @@ def _anthropic_tool_results(messages: list[Any]) -> list[dict[str, Any]] | None:
     ]
 
 
+# --- OpenAI Responses -------------------------------------------------------------------------
+
+RESPONSES_TEXT_PARTS = ("input_text", "output_text", "text")
+RESPONSES_CALLS = {"function_call": "function", "custom_tool_call": "custom tool"}
+RESPONSES_OUTPUTS = {"function_call_output": "function", "custom_tool_call_output": "custom tool"}
+
+
+def _responses_items(payload: dict[str, Any]) -> list[Any]:
+    """The input as a list of items (a string input is one user message)."""
+    given = payload["input"]
+    return [{"role": "user", "content": given}] if isinstance(given, str) else given
+
+
+def _responses_text(content: Any) -> str:
+    """A string, or the text of a list's text parts (``input_text``, ``output_text``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") in RESPONSES_TEXT_PARTS
+            if isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _responses_words(content: Any) -> int:
+    if isinstance(content, list):
+        return sum(_responses_words(_responses_text([part])) for part in content)
+    return len(content.split()) if isinstance(content, str) else 0
+
+
+def _responses_prompt_tokens(payload: dict[str, Any], items: list[Any]) -> int:
+    """The prompt-token rule for a Responses request (see the module docs)."""
+    total = 0
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        if kind == "message":
+            total += 3 + _responses_words(item.get("content"))
+        elif kind in RESPONSES_OUTPUTS:
+            total += 3 + _responses_words(item.get("output"))
+    instructions = payload.get("instructions")
+    if isinstance(instructions, str):
+        total += 3 + _responses_words(instructions)
+    tools = payload.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict):
+            total += 3 + _responses_words(tool.get("description"))
+    return total
+
+
+def _responses_images(items: list[Any]) -> int:
+    """Count (and check, as OpenAI does) the ``input_image`` parts of messages and outputs."""
+    count = 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        field_name = "output" if item.get("type") in RESPONSES_OUTPUTS else "content"
+        parts = item.get(field_name)
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
+            if not isinstance(part, dict) or part.get("type") != "input_image":
+                continue
+            url, where = part.get("image_url"), f"input[{i}].{field_name}[{j}].image_url"
+            if url is None and isinstance(part.get("file_id"), str):
+                count += 1
+                continue
+            if not isinstance(url, str) or not OPENAI_IMAGE_URL.match(url):
+                raise _Reject(
+                    f"Invalid '{where}'. Expected a base64-encoded data URL with an image MIME "
+                    "type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), or an http(s) "
+                    "URL.",
+                    param=where,
+                    code="invalid_value",
+                )
+            count += 1
+    return count
+
+
+def _responses_tool_results(items: list[Any]) -> list[dict[str, Any]] | None:
+    """Check every tool output answers a call earlier in the input and every call is
+    answered (OpenAI's own messages); the trailing outputs' results, or None."""
+    calls: dict[str, str] = {}  # call_id -> what OpenAI calls its kind
+    answered: set[str] = set()
+    for item in items:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in RESPONSES_CALLS:
+            assert isinstance(item, dict)
+            calls[str(item.get("call_id"))] = RESPONSES_CALLS[str(kind)]
+        elif kind in RESPONSES_OUTPUTS:
+            assert isinstance(item, dict)
+            call_id = item.get("call_id")
+            if str(call_id) not in calls:
+                raise _Reject(
+                    f"No tool call found for {RESPONSES_OUTPUTS[str(kind)]} call output with "
+                    f"call_id {call_id}.",
+                    param="input",
+                )
+            answered.add(str(call_id))
+    for call_id, what in calls.items():
+        if call_id not in answered:
+            raise _Reject(f"No tool output found for {what} call {call_id}.", param="input")
+    first = len(items)
+    while first > 0 and isinstance(items[first - 1], dict):
+        if items[first - 1].get("type") not in RESPONSES_OUTPUTS:
+            break
+        first -= 1
+    if first == len(items):
+        return None
+    return [
+        {
+            "tool_use_id": item.get("call_id"),
+            "text": _responses_text(item.get("output")),
+            "is_error": False,
+            "images": _images_in(item.get("output"), "input_image"),
+        }
+        for item in items[first:]
+    ]
+
+
+def _check_reasoning(items: list[Any], secret: bytes) -> None:
+    """Reasoning items passed back must carry encrypted content this mock made: it stores
+    nothing, so one without it names an item it cannot have (OpenAI's messages for both)."""
+    for item in items:
+        if not isinstance(item, dict) or item.get("type") != "reasoning":
+            continue
+        sealed = item.get("encrypted_content")
+        if sealed is None:
+            raise _Reject(
+                f"Item with id '{item.get('id')}' not found. Items are not persisted when "
+                "`store` is set to false. Try again with `store` set to true, or remove this "
+                "item from your input.",
+                param="input",
+            )
+        if not isinstance(sealed, str) or _unseal(secret, sealed) is None:
+            shown = f"{sealed[:4]}...{sealed[-4:]}" if isinstance(sealed, str) else sealed
+            raise _Reject(
+                f"The encrypted content {shown} could not be verified.",
+                code="invalid_encrypted_content",
+            )
+
+
+def _inspect_responses(payload: dict[str, Any], secret: bytes) -> _Inspection:
+    """Validate what OpenAI validates about a Responses request's items and tools."""
+    previous = payload.get("previous_response_id")
+    if previous is not None:
+        # The mock stores nothing, so every id names a response it does not have: OpenAI's
+        # answer for an id it does not hold.
+        raise _Reject(
+            f"Previous response with id '{previous}' not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    items = _responses_items(payload)
+    images = _responses_images(items)
+    results = _responses_tool_results(items)
+    _check_reasoning(items, secret)
+    offered: dict[str, str] = {}
+    tools = payload.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            offered[tool["name"]] = "custom" if tool.get("type") == "custom" else "function"
+    choice = payload.get("tool_choice")
+    include = payload.get("include")
+    return _Inspection(
+        prompt_tokens=_responses_prompt_tokens(payload, items),
+        images=images,
+        tool_results=results,
+        offered=offered,
+        tools_allowed=choice != "none",
+        thinking=False,
+        stops=[],  # stop sequences are no Responses feature
+        encrypt_reasoning=isinstance(include, list) and ENCRYPTED_REASONING in include,
+    )
+
+
+def _check_responses_input(payload: dict[str, Any]) -> None:
+    """The checks of a Responses request's shape OpenAI makes before reading its items."""
+    given = payload.get("input")
+    if given is None:
+        raise _Reject(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
+    if not isinstance(given, str | list):
+        raise _Reject(
+            "Invalid type for 'input': expected one of a string or an array of input items, "
+            f"but got {type(given).__name__} instead.",
+            param="input",
+            code="invalid_type",
+        )
+    for i, item in enumerate(given if isinstance(given, list) else []):
+        if not isinstance(item, dict):
+            raise _Reject(
+                f"Invalid type for 'input[{i}]': expected an input item, but got "
+                f"{type(item).__name__} instead.",
+                param=f"input[{i}]",
+                code="invalid_type",
+            )
+
+
 def _cut_at_stop(blocks: list[_Block], stops: list[str]) -> str | None:
     """Cut the reply's text just before the first stop sequence in it (dropping all that
     follows); the sequence, or None when the text contains none."""
@@ -970,8 +1270,10 @@ class MockProvider:
         - ``{"type": "echo_key"}``: a 400 error whose message contains the request's API key;
         - ``{"type": "echo_key_in_answer"}``: a normal 200 answer whose first piece quotes the
           request's API key (as a provider quoting it in an error-like text would);
-        - ``{"type": "stream_error", "chunks": K}``: a stream of K pieces, then the API's own
-          mid-stream error event quoting the request's API key, and the end of the body;
+        - ``{"type": "stream_error", "chunks": K, "event"?: "error" | "response.failed"}``: a
+          stream of K pieces, then the API's own mid-stream error event quoting the request's
+          API key, and the end of the body (Responses: an ``error`` event, its error nested as
+          OpenAI sends it, or with ``"event": "response.failed"`` a failed response);
         - ``{"type": "usage", "usage": {...} | null}``: the reply (and a stream's usage
           event) reports this usage object instead of the true one, in the API's own field
           names (``prompt_tokens``... or ``input_tokens``...), or none at all for null;
@@ -1061,6 +1363,8 @@ class MockProvider:
             await self._provider_call("openai", scope, body, receive, send)
         elif method == "POST" and path == "/v1/messages":
             await self._provider_call("anthropic", scope, body, receive, send)
+        elif method == "POST" and path == "/v1/responses":
+            await self._provider_call("responses", scope, body, receive, send)
         elif method == "POST" and path == "/v1/messages/count_tokens":
             await self._provider_call("anthropic", scope, body, receive, send)
         elif method == "GET" and path == "/v1/models":
@@ -1108,7 +1412,7 @@ class MockProvider:
         for raw_name, raw_value in scope["headers"]:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        prefix = "chatcmpl-" if api == "openai" else "msg_"
+        prefix = {"openai": "chatcmpl-", "anthropic": "msg_", "responses": "resp_"}[api]
         record: dict[str, Any] = {
             "id": prefix + secrets.token_hex(12),
             "api": api,
@@ -1148,7 +1452,7 @@ class MockProvider:
         api, record = call.api, call.record
         api_key: str = record["api_key"]
         if not api_key:
-            if api == "openai":
+            if api != "anthropic":
                 message = (
                     "You didn't provide an API key. You need to provide your API key in an "
                     "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
@@ -1241,6 +1545,7 @@ class MockProvider:
             return False
         elif kind == "stream_error":
             plan.error_at = action["chunks"]
+            plan.error_event = action.get("event", "error")
             plan.error_message = f"Rate limit reached for key {call.record['api_key']}."
             return False
         elif kind == "usage":
@@ -1265,16 +1570,21 @@ class MockProvider:
     async def _plan(self, call: _Call, payload: dict[str, Any]) -> _Plan | None:
         """Validate the call as the real API would, then fix its output; None if rejected."""
         model, messages = payload.get("model"), payload.get("messages")
-        for name, value, kind in (("model", model, str), ("messages", messages, list)):
+        required: tuple[tuple[str, Any, type], ...] = (("model", model, str),)
+        if call.api != "responses":  # a Responses request has `input`, checked below
+            required += (("messages", messages, list),)
+        for name, value, kind in required:
             if not isinstance(value, kind):
-                if call.api == "openai":
+                if call.api != "anthropic":
                     message = f"Missing required parameter: '{name}'."
                     await call.error(400, message, param=name, code="missing_required_parameter")
                 else:
                     await call.error(400, f"{name}: Field required")
                 return None
-        assert isinstance(model, str) and isinstance(messages, list)
-        if call.api == "openai":
+        assert isinstance(model, str)
+        if call.api == "responses":
+            limit_name = "max_output_tokens"
+        elif call.api == "openai":
             limit_name = "max_completion_tokens"
             if payload.get(limit_name) is None:
                 limit_name = "max_tokens"
@@ -1292,7 +1602,14 @@ class MockProvider:
             return None
 
         try:
-            seen = _inspect(call.api, payload, messages, self._secret)
+            if call.api == "responses":
+                _check_responses_input(payload)
+                seen = _inspect_responses(payload, self._secret)
+            else:
+                assert isinstance(messages, list)
+                seen = _inspect(call.api, payload, messages, self._secret)
+                if call.api == "anthropic" and seen.thinking and self.config.thinking is not None:
+                    _check_thinking_kept(messages)
         except _Reject as exc:
             await call.error(400, exc.message, param=exc.param, code=exc.code)
             return None
@@ -1301,7 +1618,7 @@ class MockProvider:
 
         config = self.config
         blocks: list[_Block] = []
-        if config.thinking is not None and (call.api == "openai" or seen.thinking):
+        if config.thinking is not None and (call.api != "anthropic" or seen.thinking):
             blocks.append(_Block("thinking", _word_pieces(config.thinking)))
         mention = [f"I see {seen.images} image(s). "] if seen.images else []
         calls = [] if not seen.tools_allowed or seen.tool_results is not None else [
@@ -1313,12 +1630,18 @@ class MockProvider:
         elif calls:
             if config.tool_text is not None:
                 blocks.append(_Block("text", [*mention, *_word_pieces(config.tool_text)]))
-            id_prefix, size = "call_" if call.api == "openai" else "toolu_", config.arguments_chunk
+            id_prefix = "toolu_" if call.api == "anthropic" else "call_"
+            size = config.arguments_chunk
             for tool in calls:
-                arguments = _encode(tool["arguments"])
-                pieces = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+                # A Responses `custom` tool (Codex's apply_patch) takes free text: the
+                # configured "input" string, else the arguments' JSON.
+                custom = seen.offered[tool["name"]] == "custom"
+                given = tool["arguments"].get("input")
+                text = given if custom and isinstance(given, str) else _encode(tool["arguments"])
+                pieces = [text[i : i + size] for i in range(0, len(text), size)]
                 call_id = id_prefix + secrets.token_hex(12)
                 block = _Block("tool_use", pieces, call_id, tool["name"], tool["arguments"])
+                block.custom = custom
                 blocks.append(block)
         else:
             words = config.text or DEFAULT_TEXT
@@ -1336,6 +1659,10 @@ class MockProvider:
         if config.cache is not None:
             plan.cache_read = config.cache["read"]
             plan.cache_write = config.cache["write"] if call.api == "anthropic" else 0
+        if call.api == "responses":
+            plan.encrypt_reasoning = seen.encrypt_reasoning
+            for block in blocks:
+                block.item_id = _item_prefix(block) + secrets.token_hex(24)
         plan.limit_to(limit)
         return plan
 
@@ -1362,8 +1689,11 @@ class MockProvider:
         count = len(plan.pieces)
         if await call.pause(plan.ttft + plan.chunk_delay * max(count - 1, 0)):
             return
-        reply = _openai_reply if call.api == "openai" else _anthropic_reply
-        payload = reply(call.record["id"], plan)
+        if call.api == "responses":
+            payload = _responses_reply(call.record["id"], plan, call.record["body"])
+        else:
+            reply = _openai_reply if call.api == "openai" else _anthropic_reply
+            payload = reply(call.record["id"], plan)
         if plan.break_at is not None:
             data = _json(payload)
             await call.start(200, [JSON_TYPE])
@@ -1384,6 +1714,8 @@ class MockProvider:
             options = payload.get("stream_options")
             usage = isinstance(options, dict) and options.get("include_usage") is True
             frames: _Frames = _OpenAIFrames(call.record["id"], plan, include_usage=usage)
+        elif call.api == "responses":
+            frames = _ResponsesFrames(call.record["id"], plan, payload)
         else:
             frames = _AnthropicFrames(call.record["id"], plan)
         await call.start(200, SSE_HEADERS)
@@ -1394,7 +1726,7 @@ class MockProvider:
                 await call.abort()
                 return
             if index == plan.error_at:
-                await call.body(_stream_error_frame(call.api, plan.error_message), more=False)
+                await call.body(frames.error(plan.error_message), more=False)
                 return
             if index == plan.garbage_at:
                 await call.body(b"data: <html>upstream proxy error</html>\n\n")
@@ -1554,6 +1886,10 @@ class _Frames(Protocol):
 
     def closing(self) -> list[bytes]: ...
 
+    def error(self, message: str) -> bytes:
+        """The provider's own event for a stream that fails after it started."""
+        ...
+
 
 class _OpenAIFrames:
     def __init__(self, reply_id: str, plan: _Plan, *, include_usage: bool) -> None:
@@ -1609,6 +1945,9 @@ class _OpenAIFrames:
             frames.append(b"data: " + _json(chunk) + b"\n\n")
         frames.append(b"data: [DONE]\n\n")
         return frames
+
+    def error(self, message: str) -> bytes:
+        return _stream_error_frame("openai", message)
 
 
 class _AnthropicFrames:
@@ -1684,6 +2023,287 @@ class _AnthropicFrames:
             _sse("message_delta", message_delta),
             _sse("message_stop", {"type": "message_stop"}),
         ]
+
+    def error(self, message: str) -> bytes:
+        return _stream_error_frame("anthropic", message)
+
+
+def _item_prefix(block: _Block) -> str:
+    """OpenAI's prefix for the id of an output item of this kind."""
+    if block.kind == "text":
+        return "msg_"
+    if block.kind == "thinking":
+        return "rs_"
+    return "ctc_" if block.custom else "fc_"
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def _summary_text(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}
+
+
+def _responses_item(plan: _Plan, block: _Block, *, done: bool) -> dict[str, Any]:
+    """An output item as ``response.output_item.added`` carries it, or (``done``) as
+    ``response.output_item.done`` and the whole response do."""
+    status = ("completed" if block.complete else "incomplete") if done else "in_progress"
+    text = block.text if done else ""
+    if block.kind == "text":
+        content = [_output_text(text)] if done else []
+        return {
+            "id": block.item_id,
+            "type": "message",
+            "status": status,
+            "content": content,
+            "role": "assistant",
+        }
+    if block.kind == "thinking":
+        item: dict[str, Any] = {"id": block.item_id, "type": "reasoning"}
+        if plan.encrypt_reasoning:
+            item["encrypted_content"] = plan.sealed(block)
+        item["summary"] = [_summary_text(text)] if done else []
+        return item
+    if block.custom:
+        return {
+            "id": block.item_id,
+            "type": "custom_tool_call",
+            "status": status,
+            "call_id": block.call_id,
+            "input": text,
+            "name": block.name,
+        }
+    return {
+        "id": block.item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": text,
+        "call_id": block.call_id,
+        "name": block.name,
+    }
+
+
+def _responses_usage(plan: _Plan) -> dict[str, Any]:
+    """The Responses API's figures: ``input_tokens`` counts the cached ones too."""
+    output = plan.count()
+    return {
+        "input_tokens": plan.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": plan.cache_read or 0, "cache_write_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": plan.count("thinking")},
+        "total_tokens": plan.prompt_tokens + output,
+    }
+
+
+def _responses_object(
+    reply_id: str,
+    plan: _Plan,
+    payload: dict[str, Any],
+    *,
+    created: int,
+    status: str,
+    output: list[dict[str, Any]],
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``response`` object: the request's settings echoed, as OpenAI does."""
+    reasoning, text = payload.get("reasoning"), payload.get("text")
+    reasoning = reasoning if isinstance(reasoning, dict) else {}
+    text = text if isinstance(text, dict) else {}
+    finished = status in ("completed", "incomplete")
+    return {
+        "id": reply_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "background": False,
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "error": error,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": payload.get("instructions"),
+        "max_output_tokens": payload.get("max_output_tokens"),
+        "max_tool_calls": payload.get("max_tool_calls"),
+        "model": plan.model,
+        "output": output,
+        "parallel_tool_calls": payload.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "prompt_cache_key": payload.get("prompt_cache_key"),
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "safety_identifier": payload.get("safety_identifier"),
+        "service_tier": "default",
+        "store": payload.get("store", True),
+        "temperature": payload.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}, "verbosity": "medium", **text},
+        "tool_choice": payload.get("tool_choice", "auto"),
+        "tools": payload.get("tools", []),
+        "top_logprobs": 0,
+        "top_p": payload.get("top_p", 1.0),
+        "truncation": payload.get("truncation", "disabled"),
+        "usage": _responses_usage(plan) if finished else None,
+        "user": payload.get("user"),
+        "metadata": payload.get("metadata") or {},
+    }
+
+
+def _responses_reply(
+    reply_id: str, plan: _Plan, payload: dict[str, Any], created: int | None = None
+) -> dict[str, Any]:
+    """The whole response: a non-streamed reply, and what a stream's last event carries."""
+    reply = _responses_object(
+        reply_id,
+        plan,
+        payload,
+        created=int(time.time()) if created is None else created,
+        status="incomplete" if plan.truncated else "completed",
+        output=[_responses_item(plan, block, done=True) for block in plan.blocks],
+    )
+    return _with_usage(reply, plan)
+
+
+class _ResponsesFrames:
+    """OpenAI's Responses events: each numbered; item 0 opens at once, each later item (after
+    the previous one's done events) with its first piece."""
+
+    DELTAS = {"text": "response.output_text.delta",
+              "thinking": "response.reasoning_summary_text.delta"}  # fmt: skip
+
+    def __init__(self, reply_id: str, plan: _Plan, payload: dict[str, Any]) -> None:
+        self.reply_id = reply_id
+        self.plan = plan
+        self.payload = payload
+        self.created = int(time.time())
+        self.sequence = 0
+        self.current = 0  # the item opened last
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        event = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return _sse(kind, event)
+
+    def _where(self, index: int) -> dict[str, Any]:
+        return {"item_id": self.plan.blocks[index].item_id, "output_index": index}
+
+    def _start(self, index: int) -> list[bytes]:
+        block = self.plan.blocks[index]
+        item = _responses_item(self.plan, block, done=False)
+        frames = [self._event("response.output_item.added", output_index=index, item=item)]
+        where = self._where(index)
+        if block.kind == "text":
+            part = _output_text("")
+            frames.append(
+                self._event("response.content_part.added", **where, content_index=0, part=part)
+            )
+        elif block.kind == "thinking":
+            part = _summary_text("")
+            frames.append(
+                self._event(
+                    "response.reasoning_summary_part.added", **where, summary_index=0, part=part
+                )
+            )
+        return frames
+
+    def _stop(self, index: int) -> list[bytes]:
+        block, where = self.plan.blocks[index], self._where(index)
+        text = block.text
+        if block.kind == "text":
+            frames = [
+                self._event(
+                    "response.output_text.done", **where, content_index=0, text=text, logprobs=[]
+                ),
+                self._event(
+                    "response.content_part.done", **where, content_index=0, part=_output_text(text)
+                ),
+            ]
+        elif block.kind == "thinking":
+            frames = [
+                self._event(
+                    "response.reasoning_summary_text.done", **where, summary_index=0, text=text
+                ),
+                self._event(
+                    "response.reasoning_summary_part.done",
+                    **where,
+                    summary_index=0,
+                    part=_summary_text(text),
+                ),
+            ]
+        elif block.custom:
+            frames = [self._event("response.custom_tool_call_input.done", **where, input=text)]
+        else:
+            frames = [
+                self._event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    name=block.name,
+                    arguments=text,
+                )
+            ]
+        item = _responses_item(self.plan, block, done=True)
+        frames.append(self._event("response.output_item.done", output_index=index, item=item))
+        return frames
+
+    def _advance(self, to: int) -> list[bytes]:
+        frames = []
+        while self.current < to:
+            frames += self._stop(self.current)
+            self.current += 1
+            if self.current < len(self.plan.blocks):
+                frames += self._start(self.current)
+        return frames
+
+    def opening(self) -> list[bytes]:
+        response = _responses_object(
+            self.reply_id,
+            self.plan,
+            self.payload,
+            created=self.created,
+            status="in_progress",
+            output=[],
+        )
+        frames = [
+            self._event("response.created", response=response),
+            self._event("response.in_progress", response=response),
+        ]
+        return frames + (self._start(0) if self.plan.blocks else [])
+
+    def piece(self, block: int, text: str) -> list[bytes]:
+        sent = self.plan.blocks[block]
+        if sent.kind in self.DELTAS:
+            kind = self.DELTAS[sent.kind]
+        elif sent.custom:
+            kind = "response.custom_tool_call_input.delta"
+        else:
+            kind = "response.function_call_arguments.delta"
+        fields: dict[str, Any] = self._where(block)
+        if sent.kind == "text":
+            fields.update(content_index=0, delta=text, logprobs=[])
+        elif sent.kind == "thinking":
+            fields.update(summary_index=0, delta=text)
+        else:
+            fields["delta"] = text
+        return [*self._advance(block), self._event(kind, **fields)]
+
+    def closing(self) -> list[bytes]:
+        frames = self._advance(len(self.plan.blocks))
+        reply = _responses_reply(self.reply_id, self.plan, self.payload, self.created)
+        kind = "response.incomplete" if self.plan.truncated else "response.completed"
+        return [*frames, self._event(kind, response=reply)]
+
+    def error(self, message: str) -> bytes:
+        # What OpenAI sends when a stream fails after it started: an `error` event, its
+        # error nested as on the wire (the SDK raises APIError on it), or `response.failed`.
+        error = {"code": "rate_limit_exceeded", "message": message}
+        if self.plan.error_event == "response.failed":
+            response = _responses_object(
+                self.reply_id,
+                self.plan,
+                self.payload,
+                created=self.created,
+                status="failed",
+                output=[],
+                error=error,
+            )
+            return self._event("response.failed", response=response)
+        return self._event("error", error={"type": "tokens", **error, "param": None})
 
 
 def build_app(*, chunks: int = 8, chunk_delay: float = 0.0, ttft: float = 0.0) -> MockProvider:

@@ -31,6 +31,7 @@ class ProviderAdmin(admin.ModelAdmin[Provider]):
         "kind",
         "base_url",
         "enabled",
+        "responses_api",
         "connect_timeout",
         "first_byte_timeout",
         "idle_timeout",

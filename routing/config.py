@@ -62,6 +62,7 @@ _PROVIDER_FIELDS = {
     "idle_timeout": float,
     "total_timeout": float,
     "enabled": bool,
+    "responses_api": bool,
 }
 _KEY_FIELDS = {"label": str, "env": str, "weight": int, "enabled": bool}
 _ROUTE_FIELDS = {

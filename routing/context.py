@@ -54,6 +54,7 @@ class Upstream:
     idle_timeout: float
     total_timeout: float
     keys: tuple[PooledKey, ...]
+    responses_api: bool = False  # an OpenAI-kind provider serving /responses itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,7 @@ def load_context(slug: str) -> TenantContext | None:
             idle_timeout=p.idle_timeout,
             total_timeout=p.total_timeout,
             keys=keys,
+            responses_api=p.responses_api,
         )
         routes[row.model].append(
             Route(

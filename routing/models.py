@@ -39,6 +39,12 @@ class Provider(models.Model):
         help_text="Seconds for the whole request, failover attempts and streaming included.",
     )
     enabled = models.BooleanField(default=True)
+    responses_api = models.BooleanField(
+        default=False,
+        help_text="This OpenAI-kind provider serves the Responses API itself "
+        "(POST {base_url}/responses): Responses clients are passed through, not translated "
+        "to chat completions.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -58,6 +64,8 @@ class Provider(models.Model):
                     f"({settings.PROXY_RESERVATION_TTL} s)."
                 }
             )
+        if self.responses_api and self.kind != self.Kind.OPENAI:
+            raise ValidationError({"responses_api": "Only OpenAI-kind providers serve it."})
 
 
 class ProviderKey(models.Model):
@@ -174,6 +182,10 @@ class ModelAlias(models.Model):
             raise ValidationError({"name": "Only a trailing * is allowed (claude-*)."})
         if "*" in self.model:
             raise ValidationError({"model": "The target is one of the tier's model names."})
+        # A typo would send every matching name to a 404: the target must be routed already.
+        routed = ModelRoute.objects.filter(tier_id=self.tier_id, model=self.model).exists()
+        if self.tier_id is not None and not routed:
+            raise ValidationError({"model": "The tier has no route for this model."})
 
     @property
     def is_pattern(self) -> bool:

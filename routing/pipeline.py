@@ -21,15 +21,15 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httpx
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
@@ -41,7 +41,7 @@ from routing.redaction import redact_error
 from routing.sse import SSEParser
 from routing.upstream import Attempt, Opened, aopen
 from usage.bill import Bill, Tokens
-from usage.limits import Admission, aadmit, asettle, estimate
+from usage.limits import Admission, aadmit, asettle, estimate, tokens_in
 from usage.models import UsageRecord
 from usage.weeks import week_of
 
@@ -55,13 +55,42 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+class _Journey(Protocol):
+    def __call__(
+        self,
+        request: HttpRequest,
+        *,
+        codec: ClientCodec[Any],
+        request_id: str,
+        headers: dict[str, str],
+    ) -> Awaitable[HttpResponseBase]: ...
+
+
 async def aserve(request: HttpRequest, *, codec: ClientCodec[Any]) -> HttpResponseBase:
     """Serve one API request in ``codec``'s wire format; every answer has an x-request-id."""
+    return await _aanswer(request, codec=codec, journey=_ajourney)
+
+
+async def acount_tokens(request: HttpRequest, *, codec: ClientCodec[Any]) -> HttpResponseBase:
+    """Count a request's input tokens (Anthropic's ``/v1/messages/count_tokens``).
+
+    On an Anthropic route the provider counts, with a pooled key: free there, so nothing is
+    reserved and the ledger row costs nothing, but the tenant's rate and concurrency limits
+    hold and failover and key health work as for any call. On an OpenAI-compatible route,
+    which has no such endpoint, the proxy answers from its own estimate (the prompt's bytes
+    at the rate reservations use) and nothing reaches a provider.
+    """
+    return await _aanswer(request, codec=codec, journey=_acount)
+
+
+async def _aanswer(
+    request: HttpRequest, *, codec: ClientCodec[Any], journey: _Journey
+) -> HttpResponseBase:
     request_id = new_request_id()
     # Filled in at admission: the rate-limit headers every later answer carries.
     headers: dict[str, str] = {"x-request-id": request_id}
     try:
-        response = await _ajourney(request, codec=codec, request_id=request_id, headers=headers)
+        response = await journey(request, codec=codec, request_id=request_id, headers=headers)
     except ProxyError as error:
         response = codec.error_response(error)
     except Exception:
@@ -153,6 +182,43 @@ async def _ajourney(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
+
+
+async def _acount(
+    request: HttpRequest, *, codec: ClientCodec[Any], request_id: str, headers: dict[str, str]
+) -> HttpResponseBase:
+    if request.method != "POST":
+        raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
+    context = await aauthenticate(request)
+    raw = request.body
+    call: Call = codec.parse(raw, request.headers)
+    routes = context.routes_for(call.model)
+    if not routes:
+        raise model_not_found(call.model)
+    if routes[0].provider.kind != "anthropic":
+        return JsonResponse({"input_tokens": tokens_in(len(raw))})
+    # Failover stays among the routes that can count.
+    routes = tuple(route for route in routes if route.provider.kind == "anthropic")
+    now = timezone.now()
+    admission = await aadmit(
+        account=context, request_id=request_id, tokens=0, nanos=0, now=now, max_tokens=0
+    )
+    headers.update(admission.headers)
+    first = Attempt(route=routes[0], key=routes[0].provider.keys[0])
+    meter = Meter(
+        admission=admission,
+        context=context,
+        attempt=first,
+        stream=False,
+        prompt_estimate=0,
+        allowance=0,
+        wire_format=codec.name,
+    )
+    exchange = _aexchange(meter, call=call, codec=codec, routes=routes, max_tokens=0)
+    reply = await anext(exchange)
+    assert isinstance(reply, Reply) and reply.body is not None
+    await _finish(exchange)
+    return HttpResponse(reply.body, content_type="application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +583,9 @@ async def _arelay(
     if failure is not None:
         meter.record_failure(failure)
         # The provider's words may be in it (its own error event): nothing of the set-up.
-        yield codec.stream_error(redact_error(failure, route=route, key=opened.key))
+        failure = redact_error(failure, route=route, key=opened.key)
+        # A format whose events are numbered (Responses) ends the stream in its own sequence.
+        yield translator.error_event(failure) or codec.stream_error(failure)
 
 
 class EventStream:

@@ -34,7 +34,10 @@ def redact(text: str, *, route: Route, key: PooledKey) -> str:
         text = _whole_word(key.label).sub("[key]", text)
     upstream = route.upstream_model
     if upstream != route.model and upstream in text:
-        text = _model_name(upstream).sub(route.model, text)
+        # A function, not a template: the tenant's name is any string it asked for (an
+        # alias pattern matches it), and `\g<0>` in it must stay text.
+        public = route.model
+        text = _model_name(upstream).sub(lambda _: public, text)
     return text
 
 

@@ -32,6 +32,7 @@ class ProviderFields(TypedDict, total=False):
     idle_timeout: float
     total_timeout: float
     enabled: bool
+    responses_api: bool
 
 
 class ProviderChanges(ProviderFields, total=False):

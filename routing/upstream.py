@@ -177,7 +177,7 @@ async def aopen(
     refusal: ProxyError | None = None  # a route that could not take the request at all
     failure: UpstreamError | None = None  # the last provider failure
     for route in routes:
-        provider_codec = codec.provider_codec(route.provider.kind)
+        provider_codec = codec.provider_codec(route.provider)
         try:
             outgoing = provider_codec.build(route=route, call=call, max_tokens=max_tokens)
         except ProxyError as error:

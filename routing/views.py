@@ -11,10 +11,15 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from core.errors import ProxyError, error_response
-from routing.codecs.registry import ANTHROPIC_MESSAGES, OPENAI_CHAT
+from routing.codecs.registry import (
+    ANTHROPIC_COUNT_TOKENS,
+    ANTHROPIC_MESSAGES,
+    OPENAI_CHAT,
+    OPENAI_RESPONSES,
+)
+from routing.codecs.responses_request import NOT_STORED
 from routing.context import aauthenticate
-from routing.counting import acount_tokens
-from routing.pipeline import aserve
+from routing.pipeline import acount_tokens, aserve
 
 
 @csrf_exempt
@@ -30,8 +35,33 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
 
 
 @csrf_exempt
+async def responses(request: HttpRequest) -> HttpResponseBase:
+    return await aserve(request, codec=OPENAI_RESPONSES)
+
+
+@csrf_exempt
 async def count_tokens(request: HttpRequest) -> HttpResponseBase:
-    return await acount_tokens(request)
+    return await acount_tokens(request, codec=ANTHROPIC_COUNT_TOKENS)
+
+
+@csrf_exempt
+async def stored_response(
+    request: HttpRequest, response_id: str, rest: str = ""
+) -> HttpResponseBase:
+    """GET/DELETE /v1/responses/{id} (and its /cancel, /input_items): nothing is stored. A
+    tenant's token is still checked first, so the answer tells a stranger nothing."""
+    try:
+        await aauthenticate(request)
+    except ProxyError as refusal:
+        return error_response(refusal)
+    return error_response(
+        ProxyError(
+            404,
+            f"Response with id '{response_id}' not found: {NOT_STORED}.",
+            code="response_not_found",
+            param="response_id",
+        )
+    )
 
 
 @csrf_exempt

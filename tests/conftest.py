@@ -398,6 +398,7 @@ def world(proxy: LiveProxy, mock: MockServer, jwt_keys: JwtKeys) -> World:
         upstream_model="kimi-k2",
         input_usd_per_mtok=Decimal("0.60"),
         output_usd_per_mtok=Decimal("2.50"),
+        cache_read_usd_per_mtok=Decimal("0.15"),
     )
     route_create(
         tier=auto,
@@ -414,6 +415,8 @@ def world(proxy: LiveProxy, mock: MockServer, jwt_keys: JwtKeys) -> World:
         upstream_model="claude-sonnet-4-5-20250929",
         input_usd_per_mtok=Decimal("3"),
         output_usd_per_mtok=Decimal("15"),
+        cache_read_usd_per_mtok=Decimal("0.30"),
+        cache_write_usd_per_mtok=Decimal("3.75"),
     )
     alice = tenant_create(slug=unique("alice"), name="Alice", tier=auto)
     bob = tenant_create(slug=unique("bob"), name="Bob", tier=max_tier)

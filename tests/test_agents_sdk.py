@@ -35,7 +35,6 @@ from tenants.models import Tenant
 from tenants.services import tenant_create, tier_create
 from tests.conftest import LiveProxy, World, ledger_rows, unique
 from tests.support.mockserver import MockServer
-from usage.bill import NANOS, Price, to_nanos
 from usage.models import UsageRecord
 
 pytestmark = [
@@ -112,10 +111,12 @@ class Pair:
         return "openai-chat" if self.sdk == "openai" else "anthropic-messages"
 
     @property
-    def price(self) -> Price:
+    def prices(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """The world's route prices: input, output, cache read, cache write (alice's route
+        prices no cache writes: those are billed as input, and Moonshot reports none)."""
         if self.tenant == "alice":
-            return Price(Decimal("0.60"), Decimal("2.50"))
-        return Price(Decimal("3"), Decimal("15"))
+            return Decimal("0.60"), Decimal("2.50"), Decimal("0.15"), Decimal("0.60")
+        return Decimal("3"), Decimal("15"), Decimal("0.30"), Decimal("3.75")
 
     def __str__(self) -> str:
         return f"{self.sdk}-sdk-to-{self.provider}"
@@ -376,13 +377,17 @@ def check_ledger(pair: Pair, world: World, records: list[dict[str, Any]], *, str
         assert row.cache_write_tokens == cache_write(pair)
         assert row.wire_format == pair.wire_format
         assert row.usage_reported and not row.usage_invalid
-        cost = pair.price.cost(
-            input_tokens=total,
-            output_tokens=output,
-            cache_read_tokens=CACHE["read"],
-            cache_write_tokens=cache_write(pair),
-        )
-        assert row.cost_usd == Decimal(to_nanos(cost)) / NANOS
+        # By hand, not through usage.bill.Price: the prices the world's routes carry, each
+        # kind of prompt token at its own.
+        price_in, price_out, price_read, price_write = pair.prices
+        read, write = CACHE["read"], cache_write(pair)
+        cost = (
+            (total - read - write) * price_in
+            + read * price_read
+            + write * price_write
+            + output * price_out
+        ) / Decimal(1_000_000)
+        assert row.cost_usd == cost.quantize(Decimal("1e-9"))
 
 
 def stop_words(pair: Pair) -> tuple[str, str]:

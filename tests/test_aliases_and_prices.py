@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
@@ -59,8 +60,13 @@ def test_it_catches_every_other_name_with_a_bare_star(tier: Tier) -> None:
     assert context.routes_for("anything-at-all")[0].upstream_model == "claude-haiku-4-5-2025"
 
 
-@pytest.mark.parametrize(("name", "model"), [("claude-*-x", "a"), ("c*", "claude-*")])
-def test_it_refuses_a_star_anywhere_but_at_the_end(tier: Tier, name: str, model: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [("claude-*-x", "claude-haiku-4-5"), ("c*", "claude-*"), ("claude-*", "claude-sonet-4-5")],
+)
+def test_it_refuses_a_misplaced_star_or_a_target_the_tier_does_not_route(
+    tier: Tier, name: str, model: str
+) -> None:
     with pytest.raises(ValidationError):
         alias_create(tier=tier, name=name, model=model)
 
@@ -115,3 +121,118 @@ def test_it_reserves_every_prompt_token_at_the_dearest_input_price() -> None:
     tokens, nanos = estimate(prices=[price], body_bytes=3000, max_tokens=100)
     assert tokens == 1000 + 100
     assert nanos == (1000 * Decimal("3.75") + 100 * 15) * 1000  # nano-dollars per mtok
+
+
+def test_it_bills_a_lost_requests_cache_tokens_at_their_prices() -> None:
+    """A request whose worker died is billed from its last progress, cache kinds included:
+    a cache write costs more than plain input, so dropping it would undercharge."""
+    from datetime import UTC, datetime
+
+    from usage.bill import Bill, Tokens
+    from usage.limits import Admission, _lost_bill
+    from usage.weeks import week_of
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    price = Price(
+        Decimal(3),
+        Decimal(15),
+        cache_read_usd_per_mtok=Decimal("0.30"),
+        cache_write_usd_per_mtok=Decimal("3.75"),
+    )
+    pending = Bill(
+        request_id="req_lost",
+        tenant_id=1,
+        tier_id=1,
+        route_id=1,
+        provider_key_id=1,
+        model="claude",
+        provider_slug="anthropic",
+        upstream_model="claude-up",
+        stream=True,
+        tokens=Tokens(input=100),
+        price=price,
+        status="lost",
+        http_status=0,
+        attempts=1,
+        latency_ms=0,
+        created_at=now,
+        week=week_of(now).id,
+    )
+    admission = Admission(
+        request_id="req_lost",
+        tenant_id=1,
+        week=week_of(now),
+        pending=pending,
+        progress=lambda: Tokens(
+            input=1000, output=50, cache_read=600, cache_write=300, reasoning=20
+        ),
+        reserved_tokens=2000,
+    )
+    tokens = _lost_bill(admission).tokens
+    assert (tokens.input, tokens.output, tokens.cache_read, tokens.cache_write) == (
+        1000,
+        50,
+        600,
+        300,
+    )
+    assert tokens.reasoning == 20
+    # Bounded like the rest: no kind past what holds it.
+    admission.progress = lambda: Tokens(input=10, output=5, cache_read=40, cache_write=40)
+    tokens = _lost_bill(admission).tokens
+    assert (tokens.cache_read, tokens.cache_write) == (10, 0)
+
+
+def test_it_refuses_a_model_name_longer_than_the_ledger_holds() -> None:
+    """A pattern alias takes any name, and the ledger records the name asked for: one longer
+    than its column would stop the drain (PostgreSQL refuses it) for every tenant."""
+    from core.errors import ProxyError
+    from routing.codecs.anthropic_messages import parse_messages_request
+    from routing.codecs.openai_chat import MAX_MODEL_NAME, parse_chat_request
+
+    name = "claude-" + "x" * MAX_MODEL_NAME
+    chat = {"model": name, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(ProxyError) as caught:
+        parse_chat_request(json.dumps(chat).encode(), max_messages=10)
+    assert (caught.value.status, caught.value.param) == (400, "model")
+    with pytest.raises(ProxyError) as caught:
+        parse_messages_request(
+            json.dumps({**chat, "max_tokens": 5}).encode(), headers={}, max_messages=10
+        )
+    assert caught.value.status == 400
+    parse_chat_request(
+        json.dumps({**chat, "model": name[:MAX_MODEL_NAME]}).encode(), max_messages=10
+    )
+
+
+def test_it_keeps_a_ledger_record_its_columns_cannot_hold_out_of_the_batch() -> None:
+    from usage.ledger import record_row
+
+    record = {
+        "request_id": "req_long",
+        "tenant_id": 1,
+        "tier_id": 1,
+        "model": "m" * 201,
+        "created_at": "2026-12-01T00:00:00+00:00",
+        "cost_nanos": 0,
+    }
+    with pytest.raises(ValueError, match="model is too long"):
+        record_row(record)  # the drain moves it to the dead-letter stream
+
+
+def test_it_names_the_tenants_model_in_an_error_whatever_characters_it_has() -> None:
+    """An alias pattern lets the tenant's name be any string: it replaces the upstream
+    name as text, never as a regular-expression template (`\\g<0>` would quote it back)."""
+    from dataclasses import replace
+
+    from routing.redaction import redact
+    from tests.support.routes import make_route
+
+    route = make_route("anthropic", base_url="https://a.test", upstream_model="claude-up-2025")
+    for public in ("claude-\\g<0>", "claude-\\1"):
+        aliased = replace(route, model=public)
+        text = redact(
+            "model claude-up-2025 does not support this",
+            route=aliased,
+            key=aliased.provider.keys[0],
+        )
+        assert text == f"model {public} does not support this"

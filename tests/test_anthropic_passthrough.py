@@ -122,3 +122,19 @@ def test_it_refuses_an_error_sent_as_a_200() -> None:
     with pytest.raises(ProxyError) as caught:
         CODEC.completion(route=route(), call=request(NEVER_SEEN), raw=raw)
     assert caught.value.status == 502
+
+
+def test_it_counts_no_thinking_signature_as_content() -> None:
+    # A signature is no output the model wrote: a stream cut after it must not bill it.
+    raw = (WIRE / "anthropic" / "stream_thinking_tools.sse").read_bytes()
+    stream = CODEC.stream(route=route(), call=request({**NEVER_SEEN, "stream": True}))
+    for event in SSEParser().feed(raw):
+        stream.feed(event)
+    deltas = raw.count(b"event: content_block_delta")
+    assert raw.count(b'"type":"signature_delta"') == 1
+    assert stream.content_deltas == deltas - 1
+    # The same when an event comes without its `event:` line (the data is read then).
+    bare = CODEC.stream(route=route(), call=request({**NEVER_SEEN, "stream": True}))
+    for event in SSEParser().feed(raw.replace(b"event: content_block_delta\n", b"")):
+        bare.feed(event)
+    assert bare.content_deltas == deltas - 1

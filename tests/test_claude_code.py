@@ -16,18 +16,18 @@ to an OpenAI-kind provider, bob (tier max) to an Anthropic-kind one.
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from routing.services import route_create
-from tests.conftest import LiveProxy, World
+from routing.services import alias_create
+from tests.conftest import LiveProxy, World, ledger_rows
 from tests.support.agents import (
     CLAUDE_CODE_MODEL,
     CLAUDE_CODE_SMALL_MODEL,
     AgentRun,
     ensure_claude_code,
+    netns_command,
     node_binary,
     run_claude_code,
 )
@@ -87,21 +87,14 @@ def test_it_runs_claude_code_through_the_proxy(
     tier: str,
     auth: str,
 ) -> None:
-    tenant, provider, upstream, api = (
-        (world.alice, world.moonshot, "kimi-k2", "openai")
+    tenant, model, upstream, api = (
+        (world.alice, "auto", "kimi-k2", "openai")
         if tier == "auto"
-        else (world.bob, world.anthropic, "claude-sonnet-4-5-20250929", "anthropic")
+        else (world.bob, "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "anthropic")
     )
-    # The names Claude Code asks for by default, routed on the tenant's tier.
-    for model in (CLAUDE_CODE_MODEL, CLAUDE_CODE_SMALL_MODEL):
-        route_create(
-            tier=tenant.tier,
-            model=model,
-            provider=provider,
-            upstream_model=upstream,
-            input_usd_per_mtok=Decimal("3"),
-            output_usd_per_mtok=Decimal("15"),
-        )
+    # Claude Code asks for its own model names (CLAUDE_CODE_MODEL, CLAUDE_CODE_SMALL_MODEL):
+    # the tier's alias takes them to its model, as an operator would set it up.
+    alias_create(tier=tenant.tier, name="claude-*", model=model)
     expected = _task(tmp_path, mock)
 
     run = run_claude_code(
@@ -115,6 +108,15 @@ def test_it_runs_claude_code_through_the_proxy(
     _assert_round_trip(run, mock, expected)
     records = mock.requests()
     assert {(record["api"], record["model"]) for record in records} == {(api, upstream)}
+    # Nothing left the machine: where the kernel allows it the agent had no network beyond
+    # loopback at all, and the harness's trap refused the one call Claude Code makes past its
+    # base URL whatever its settings (metrics_enabled at api.anthropic.com, with an API key;
+    # the README warns about it).
+    assert set(run.egress) <= {"CONNECT api.anthropic.com:443 HTTP/1.1"}, run.describe()
+    assert run.isolated or netns_command() is None, run.describe()
+    rows = ledger_rows(tenant, len(records))
+    assert {row.model for row in rows} <= {CLAUDE_CODE_MODEL, CLAUDE_CODE_SMALL_MODEL}
+    assert {(row.wire_format, row.status) for row in rows} == {("anthropic-messages", "ok")}
 
 
 def test_it_runs_claude_code_against_the_mock_itself(

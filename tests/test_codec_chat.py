@@ -692,6 +692,19 @@ def test_it_maps_stop_reasons_to_finish_reasons(stop_reason: Any, finish_reason:
     assert completion_of(raw)[1].choices[0].finish_reason == finish_reason
 
 
+def test_it_reports_the_tokens_written_to_the_cache() -> None:
+    raw = CHAT_CLIENT.encode_answer(
+        answer([Text("x")], cache_read_tokens=40, cache_write_tokens=60), call=chat(), model="a"
+    )
+    obj, parsed = completion_of(raw)
+    assert obj["usage"]["prompt_tokens_details"] == {"cached_tokens": 40, "cache_write_tokens": 60}
+    assert parsed.usage is not None and parsed.usage.prompt_tokens_details is not None
+    assert parsed.usage.prompt_tokens_details.cache_write_tokens == 60
+    # None written: the field is left out, as OpenAI's own answers leave it.
+    raw = CHAT_CLIENT.encode_answer(answer([Text("x")]), call=chat(), model="a")
+    assert json.loads(raw)["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
 # --- ChatClient.encoder --------------------------------------------------------------------
 
 
@@ -808,6 +821,44 @@ def test_it_opens_a_tool_first_stream_with_null_content() -> None:
     assert first["role"] == "assistant" and first["content"] is None
     assert first["tool_calls"][0]["id"] == "toolu_1"
     assert accumulate(raw).choices[0].message.content is None
+
+
+def test_it_gives_a_tool_call_streamed_without_arguments_an_empty_object() -> None:
+    # Anthropic streams a call without input as no (or one empty) input_json_delta; "" is
+    # no JSON, and the openai SDK's stream helper raises on it for strict tools.
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "now",
+                "strict": True,
+                "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+            },
+        }
+    ]
+    raw = encode_stream(
+        [
+            Start("m"),
+            BlockStart(0, ToolUse("toolu_1", "now", "")),
+            BlockDelta(0, "arguments", ""),
+            BlockStop(0),
+            BlockStart(1, ToolUse("toolu_2", "get_time", "")),
+            BlockDelta(1, "arguments", TIME_ARGS),
+            BlockStop(1),
+            BlockStart(2, ToolUse("toolu_3", "now", "")),  # never stopped
+            Finish("tool_use"),
+            End(FINAL_USAGE),
+        ],
+        include_usage=False,
+    )
+    state: ChatCompletionStreamState[None] = ChatCompletionStreamState(input_tools=tools)
+    for chunk in chunks_of(raw):
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    assert tool_calls_of(state.get_final_completion().choices[0].message) == [
+        ("toolu_1", "now", "{}"),
+        ("toolu_2", "get_time", TIME_ARGS),
+        ("toolu_3", "now", "{}"),
+    ]
 
 
 def test_it_streams_thinking_as_reasoning_content_and_signed_blocks() -> None:
@@ -1022,6 +1073,20 @@ def test_it_encodes_the_simple_cases_simply(moonshot_route: Route) -> None:
     assert named["tools"] == [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     ]
+
+
+@pytest.mark.parametrize("choice", [ToolChoice("required"), ToolChoice("tool", "f")])
+def test_it_refuses_a_tool_choice_that_needs_a_tool_when_there_are_none(
+    moonshot_route: Route, choice: ToolChoice
+) -> None:
+    with pytest.raises(ProxyError) as caught:
+        CHAT_PROVIDER.encode(call(tool_choice=choice), route=moonshot_route, max_tokens=10)
+    assert (caught.value.status, caught.value.param) == (400, "tool_choice")
+    # auto and none say nothing without tools: left out (OpenAI refuses them without).
+    payload = CHAT_PROVIDER.encode(
+        call(tool_choice=ToolChoice("none")), route=moonshot_route, max_tokens=10
+    ).payload
+    assert "tool_choice" not in payload
 
 
 @pytest.mark.parametrize(
@@ -1269,6 +1334,62 @@ def test_it_keeps_interleaved_tool_calls_apart() -> None:
         End(Usage(input_tokens=9, output_tokens=4, reported=True)),
     ]
     assert decoder.content_deltas == 5
+
+
+def test_it_tells_tool_calls_apart_by_id_when_the_server_sends_no_index() -> None:
+    # Gemini's OpenAI endpoint and some vLLM parsers leave the index out and send each call
+    # whole in its own chunk (Portkey #1275: both merged into one).
+    def chunk(*entries: dict[str, Any], finish: str | None = None) -> bytes:
+        delta = {"tool_calls": list(entries)} if entries else {}
+        body = {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    def entry(arguments: str, *, name: str | None = None, **fields: Any) -> dict[str, Any]:
+        function = {"arguments": arguments, **({"name": name} if name else {})}
+        return {**fields, "function": function}
+
+    raw = b"".join(
+        [
+            chunk(entry('{"city": ', id="call_a", type="function", name="f")),
+            chunk(entry('"Paris"}')),  # no id: the same call goes on
+            chunk(entry('{"tz": "UTC"}', id="call_b", type="function", name="g")),
+            chunk(entry("", id="call_b")),  # its own id again: still the same call
+            chunk(finish="tool_calls"),
+            b"data: [DONE]\n\n",
+        ]
+    )
+    events, decoder = decode_stream(raw)
+    assert events[1:6] == [
+        BlockStart(0, ToolUse("call_a", "f", "")),
+        BlockDelta(0, "arguments", '{"city": '),
+        BlockDelta(0, "arguments", '"Paris"}'),
+        BlockStart(1, ToolUse("call_b", "g", "")),
+        BlockDelta(1, "arguments", '{"tz": "UTC"}'),
+    ]
+    assert events[6:9] == [BlockStop(0), BlockStop(1), Finish("tool_use")]
+    assert decoder.content_deltas == 3
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        # OpenRouter's: the error and the choice it cut short, in one chunk.
+        {
+            "id": "c",
+            "error": {"code": "server_error", "message": "Provider disconnected"},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        },
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]},
+    ],
+)
+def test_it_raises_on_an_error_chunk_that_carries_choices(failed: dict[str, Any]) -> None:
+    decoder = CHAT_PROVIDER.decoder(call=call(stream=True))
+    decoder.feed(SSEEvent(b"", None, '{"id":"c","choices":[{"index":0,"delta":{"content":"a"}}]}'))
+    with pytest.raises(ProxyError) as caught:
+        decoder.feed(SSEEvent(b"", None, json.dumps(failed)))
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert caught.value.message.startswith("The provider failed mid-stream")
+    assert not decoder.complete
 
 
 def test_it_decodes_moonshot_reasoning_before_the_text() -> None:

@@ -630,6 +630,16 @@ def test_it_keeps_broken_tool_arguments_visible_rather_than_empty(arguments: str
     assert out["content"][0]["input"] == {RAW_ARGUMENTS_KEY: arguments}
 
 
+def test_it_reports_reasoning_tokens_as_thinking_tokens() -> None:
+    usage = Usage(input_tokens=10, output_tokens=50, reasoning_tokens=32, reported=True)
+    out = encoded(answer(usage=usage))
+    assert out["usage"]["output_tokens_details"] == {"thinking_tokens": 32}
+    message = SDKMessage.model_validate(out)
+    assert message.usage.output_tokens_details is not None
+    assert message.usage.output_tokens_details.thinking_tokens == 32
+    assert "output_tokens_details" not in encoded(answer())["usage"]  # none: as Anthropic
+
+
 # --- the client side: streams --------------------------------------------------------------
 
 
@@ -1015,6 +1025,73 @@ def test_it_refuses_reasoning_anthropic_would_refuse(route: Route) -> None:
     assert encode_refusal(route, reasoning=Reasoning(effort="huge")).param == "reasoning_effort"
 
 
+def tool_loop(*thinking: Thinking | RedactedThinking) -> list[Message]:
+    """An OpenAI client's second turn of a tool loop: its first answer sent back."""
+    return [
+        Message("user", [Text("List the files.")]),
+        Message("assistant", [*thinking, ToolUse("toolu_1", "bash", '{"cmd":"ls"}')]),
+        Message("user", [ToolResult("toolu_1", [Text("a.txt")])]),
+    ]
+
+
+def test_it_leaves_thinking_out_of_a_tool_loop_whose_thinking_was_not_sent_back(
+    route: Route,
+) -> None:
+    # The OpenAI Agents SDK and LangChain send no thinking_blocks back: with thinking on,
+    # Anthropic refuses the call ("a final assistant message must start with a thinking
+    # block"); without it, the loop goes on.
+    tools = [Tool("bash", None, {"type": "object"})]
+    effort = Reasoning(effort="low")
+    for lost in [(), (Thinking("unsigned, so not sent"),)]:
+        payload = encode(route, messages=tool_loop(*lost), tools=tools, reasoning=effort)
+        assert "thinking" not in payload
+        assert payload["messages"][1]["content"][0]["type"] == "tool_use"
+        # Without thinking, Anthropic takes what thinking refuses.
+        cool = encode(
+            route,
+            messages=tool_loop(*lost),
+            tools=tools,
+            reasoning=effort,
+            sampling=Sampling(temperature=0.2),
+            tool_choice=ToolChoice("required"),
+        )
+        assert (cool["temperature"], cool["tool_choice"]) == (0.2, {"type": "any"})
+    budget = {"type": "enabled", "budget_tokens": 1024}
+    signed: list[Thinking | RedactedThinking] = [Thinking("mine", "sig"), RedactedThinking("r")]
+    for kept in signed:
+        payload = encode(route, messages=tool_loop(kept), tools=tools, reasoning=effort)
+        assert payload["thinking"] == budget
+    # Only the last assistant message with a tool call matters.
+    later = [
+        *tool_loop(),
+        Message("assistant", [Text("Done.")]),
+        Message("user", [Text("Thanks")]),
+    ]
+    assert "thinking" not in encode(route, messages=later, tools=tools, reasoning=effort)
+    again = [*tool_loop(), *tool_loop(Thinking("mine", "sig"))]
+    assert encode(route, messages=again, tools=tools, reasoning=effort)["thinking"] == budget
+
+
+@pytest.mark.parametrize("choice", [ToolChoice("required"), ToolChoice("tool", "f")])
+def test_it_refuses_a_tool_choice_that_needs_a_tool_when_there_are_none(
+    route: Route, choice: ToolChoice
+) -> None:
+    error = encode_refusal(route, tool_choice=choice)
+    assert (error.code, error.param) == ("invalid_request", "tool_choice")
+    assert "tool_choice" not in encode(route, tool_choice=ToolChoice("none"))
+
+
+def test_it_names_a_jpg_image_as_anthropic_does(route: Route) -> None:
+    images = [
+        Image(media_type="image/jpg", data="/9j"),
+        Image(url="data:image/jpg;base64,/9j"),
+        Image(media_type="image/png", data="iVBO"),
+    ]
+    payload = encode(route, messages=[Message("user", list(images))])
+    types = [block["source"]["media_type"] for block in payload["messages"][0]["content"]]
+    assert types == ["image/jpeg", "image/jpeg", "image/png"]
+
+
 def test_it_encodes_a_json_schema_as_a_forced_tool(route: Route) -> None:
     schema = {"type": "object", "properties": {"title": {"type": "string"}}}
     fmt = ResponseFormat("json_schema", name="page title", schema=schema, description="A title")
@@ -1303,3 +1380,81 @@ def test_it_streams_the_forced_tool_as_json_text() -> None:
         End(Usage(input_tokens=5, output_tokens=9, reported=True)),
     ]
     assert decoder.content_deltas == 2
+
+
+def anthropic_stream(*events: dict[str, Any]) -> bytes:
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_j",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "m",
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 1},
+        },
+    }
+    finish = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": 9},
+    }
+    return b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n"
+        for e in [start, *events, finish, {"type": "message_stop"}]
+    )  # fmt: skip
+
+
+def test_it_takes_a_tool_input_given_whole_at_the_block_start() -> None:
+    # Anthropic starts with "input": {} and streams the JSON; a compatible server may send
+    # the whole input at the start, and no deltas.
+    raw = anthropic_stream(
+        {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "t", "name": "now", "input": {"tz": "UTC"}}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {
+            "type": "tool_use", "id": "u", "name": "now", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {
+            "type": "input_json_delta", "partial_json": '{"tz": "CET"}'}},
+        {"type": "content_block_stop", "index": 1},
+    )  # fmt: skip
+    events, decoder = decode_stream(raw, call_of(stream=True))
+    assert events[1:6] == [
+        BlockStart(0, ToolUse("t", "now", '{"tz":"UTC"}')),
+        BlockStop(0),
+        BlockStart(1, ToolUse("u", "now", "")),
+        BlockDelta(1, "arguments", '{"tz": "CET"}'),
+        BlockStop(1),
+    ]
+    assert decoder.content_deltas == 2
+    fmt = ResponseFormat("json_object")
+    json_raw = raw.replace(b'"name": "now"', b'"name": "json_object"')
+    events, _ = decode_stream(json_raw, call_of(stream=True, response_format=fmt))
+    assert events[1] == BlockStart(0, Text('{"tz":"UTC"}'))
+
+
+def test_it_streams_only_the_forced_tool_as_json_text() -> None:
+    # As in a whole answer: text the model wrote around the forced tool would corrupt the
+    # JSON the client parses.
+    raw = anthropic_stream(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "text_delta", "text": "Here is the JSON:"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {
+            "type": "tool_use", "id": "t", "name": "json_object", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {
+            "type": "input_json_delta", "partial_json": '{"a": 1}'}},
+        {"type": "content_block_stop", "index": 1},
+    )  # fmt: skip
+    fmt = ResponseFormat("json_object")
+    events, decoder = decode_stream(raw, call_of(stream=True, response_format=fmt))
+    assert events[1:-2] == [
+        BlockStart(1, Text("")),
+        BlockDelta(1, "text", '{"a": 1}'),
+        BlockStop(1),
+    ]
+    assert events[-2] == Finish("end_turn")
+    assert decoder.content_deltas == 2  # the dropped text was written, and is billed

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.core
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
 # An OpenAI chat client on an Anthropic route: the translation through the internal model.
-TO_ANTHROPIC = OPENAI_CHAT.provider_codec("anthropic")
+TO_ANTHROPIC = OPENAI_CHAT.provider_codec(
+    make_route("anthropic", base_url="https://a.test", upstream_model="m").provider
+)
 SSE_FIXTURES = (
     "openai_chat_stream.sse",
     "openai_chat_stream_without_usage.sse",
@@ -237,7 +239,7 @@ def test_it_keeps_unknown_fields_for_a_provider_of_the_same_format(openai_route:
     # an OpenAI-compatible route; a translation refuses it by name (tests/test_codec_chat.py).
     raw = json.dumps({"model": "auto", "messages": [{"role": "user"}], "top_k": 5}).encode()
     call = OPENAI_CHAT.parse(raw, {})
-    outgoing = OPENAI_CHAT.provider_codec("openai").build(
+    outgoing = OPENAI_CHAT.provider_codec(openai_route.provider).build(
         route=openai_route, call=call, max_tokens=ALLOWANCE
     )
     assert outgoing.payload["top_k"] == 5
@@ -306,8 +308,10 @@ def test_it_refuses_more_messages_than_allowed() -> None:
 
 
 def test_it_picks_the_provider_codec_by_provider_kind() -> None:
-    assert isinstance(OPENAI_CHAT.provider_codec("openai"), OpenAIPassthrough)
-    assert isinstance(OPENAI_CHAT.provider_codec("anthropic"), Translation)
+    openai = make_route("openai", base_url="https://o.test", upstream_model="m").provider
+    anthropic = make_route("anthropic", base_url="https://a.test", upstream_model="m").provider
+    assert isinstance(OPENAI_CHAT.provider_codec(openai), OpenAIPassthrough)
+    assert isinstance(OPENAI_CHAT.provider_codec(anthropic), Translation)
 
 
 def test_it_renders_errors_as_openai_does() -> None:
@@ -575,6 +579,80 @@ def test_it_counts_a_stream_cut_before_done_as_incomplete(openai_route: Route) -
     assert translator.content_deltas == 4
 
 
+def sse_chunks(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+
+
+def test_it_counts_reasoning_refusals_and_tool_arguments_of_a_cut_stream(
+    openai_route: Route,
+) -> None:
+    # Cut before the usage chunk, a stream is billed from its content pieces: an answer of
+    # reasoning and tool calls only must count as much as one of text.
+    def delta(**fields: Any) -> dict[str, Any]:
+        return {"id": "c", "choices": [{"index": 0, "delta": fields}]}
+
+    def arguments(piece: str) -> dict[str, Any]:
+        return delta(tool_calls=[{"index": 0, "function": {"arguments": piece}}])
+
+    raw = sse_chunks(
+        delta(role="assistant", content=None, reasoning_content="Let me think"),
+        delta(reasoning="OpenRouter's spelling"),
+        delta(refusal="I can't"),
+        delta(tool_calls=[{"index": 0, "id": "call_1", "type": "function",
+                           "function": {"name": "bash", "arguments": ""}}]),
+        *[arguments('{"cmd": "ls"}'[i : i + 4]) for i in range(0, 13, 4)],
+        delta(content=""),
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    )  # fmt: skip
+    translator = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
+    translate(translator, raw)
+    assert translator.content_deltas == 3 + 4
+    assert not translator.usage.reported and not translator.complete
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        # OpenRouter's: the error and the choice it cut short, in one chunk.
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "error": {"code": "server_error", "message": "Provider disconnected"},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        },
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]},
+    ],
+)
+def test_it_ends_a_stream_whose_chunk_reports_an_error_beside_its_choices(
+    openai_route: Route, failed: dict[str, Any]
+) -> None:
+    translator = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
+    start = {"id": "c", "choices": [{"index": 0, "delta": {"content": "Partial ans"}}]}
+    with pytest.raises(ProxyError) as caught:
+        translate(translator, sse_chunks(start, failed) + b"data: [DONE]\n\n")
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert caught.value.message.startswith("The provider failed mid-stream")
+    assert translator.complete is False and translator.content_deltas == 1
+    # An error field that is null is no error.
+    fine = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
+    translate(fine, sse_chunks({**start, "error": None}))
+    assert fine.content_deltas == 1
+
+
+def test_it_reads_the_tokens_written_to_the_cache(openai_route: Route) -> None:
+    answer = json.loads(wire("openai_chat_completion.json"))
+    answer["usage"]["prompt_tokens_details"] = {"cached_tokens": 10, "cache_write_tokens": 12}
+    raw = json.dumps(answer).encode()
+    _, usage = OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw)
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (24, 10, 12)
+    assert usage.reported and not usage.invalid
+    # More read and written than the prompt had: figures no answer can have.
+    answer["usage"]["prompt_tokens_details"] = {"cached_tokens": 10, "cache_write_tokens": 15}
+    raw = json.dumps(answer).encode()
+    _, usage = OpenAIPassthrough().completion(route=openai_route, call=chat(), raw=raw)
+    assert (usage.invalid, usage.reported) == (True, False)
+
+
 def test_it_passes_keep_alive_comments_on(openai_route: Route) -> None:
     translator = OpenAIPassthrough().stream(route=openai_route, call=chat(stream=True))
     assert translate(translator, b": keep-alive\n\n") == b": keep-alive\n\n"
@@ -828,7 +906,8 @@ def test_it_adds_the_usage_chunk_when_the_client_asks(anthropic_route: Route) ->
         "prompt_tokens": 1745,
         "completion_tokens": 16,
         "total_tokens": 1761,
-        "prompt_tokens_details": {"cached_tokens": 1536},
+        # Anthropic's cache_creation_input_tokens, in the openai SDK's field for them.
+        "prompt_tokens_details": {"cached_tokens": 1536, "cache_write_tokens": 188},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
     assert translator.complete is True

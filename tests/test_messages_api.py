@@ -7,6 +7,7 @@ the endpoint around them, on a live Daphne server with the official anthropic SD
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import anthropic
@@ -14,8 +15,9 @@ import httpx
 import pytest
 
 from routing.models import ModelRoute
-from routing.services import alias_create
-from tests.conftest import LiveProxy, World, ledger_rows
+from routing.services import alias_create, route_create
+from tenants.services import tenant_create, tier_create
+from tests.conftest import LiveProxy, World, ledger_rows, unique
 from tests.support.mockserver import MockServer
 from usage.limits import tokens_in
 
@@ -155,7 +157,32 @@ def test_it_counts_tokens_at_an_anthropic_provider(
     assert sent["model"] == "claude-sonnet-4-5-20250929"
     assert sent["api_key"] == world.secrets["anthropic"]
     assert count.input_tokens == 3 + 3  # the mock's documented count: 3 + words per message
-    assert not ledger_rows_now(world)  # counting is free: nothing billed
+    # A call on a pooled key: in the ledger, at no cost (counting is free at Anthropic).
+    (row,) = ledger_rows(world.bob, 1)
+    assert (row.wire_format, row.status, row.total_tokens, row.cost_usd) == (
+        "anthropic-count-tokens",
+        "ok",
+        0,
+        Decimal(0),
+    )
+
+
+def test_it_holds_counting_to_the_tenants_rate_limit(
+    proxy: LiveProxy, world: World, mock: MockServer
+) -> None:
+    tier = tier_create(slug=unique("slow"), name="Slow", requests_per_minute=2)
+    route_create(tier=tier, model="claude", provider=world.anthropic, upstream_model="claude-up")
+    tenant = tenant_create(slug=unique("slow"), name="Slow", tier=tier)
+    body = {"model": "claude", "messages": HELLO}
+    token = world.token(tenant)
+    statuses = [
+        post(proxy, "/v1/messages/count_tokens", body, **{"x-api-key": token}).status_code
+        for _ in range(4)
+    ]
+    assert statuses == [200, 200, 429, 429]
+    assert mock.calls() == 2  # refused before any pooled key was used
+    refused = post(proxy, "/v1/messages/count_tokens", body, **{"x-api-key": token})
+    assert refused.json()["error"]["type"] == "rate_limit_error"
 
 
 def test_it_estimates_tokens_itself_on_an_openai_route(
@@ -170,34 +197,31 @@ def test_it_estimates_tokens_itself_on_an_openai_route(
     assert mock.calls() == 0
 
 
-def ledger_rows_now(world: World) -> list[Any]:
-    from usage.models import UsageRecord
-
-    return list(UsageRecord.objects.filter(tenant=world.bob))
-
-
 def test_it_serves_the_names_agents_send_through_a_tiers_aliases(
     proxy: LiveProxy, world: World, mock: MockServer
 ) -> None:
     route = ModelRoute.objects.get(tier=world.max, model="claude-sonnet-4-5")
     alias_create(tier=world.max, name="claude-*", model="claude-sonnet-4-5")
-    alias_create(tier=world.max, name="claude-haiku-*", model="nowhere")  # longer: wins, 404
+    route_create(
+        tier=world.max, model="haiku", provider=world.anthropic, upstream_model="claude-haiku-up"
+    )
+    alias_create(tier=world.max, name="claude-haiku-*", model="haiku")  # longer: wins
     alias_create(tier=world.max, name="sonnet", model="claude-sonnet-4-5")
     client = sdk(proxy, world.token(world.bob))
 
     message = client.messages.create(model="claude-opus-4-8", max_tokens=20, messages=HELLO)
     assert message.model == "claude-opus-4-8"  # the name the client asked for
     assert mock.requests()[-1]["model"] == "claude-sonnet-4-5-20250929"
-    with pytest.raises(anthropic.NotFoundError):
-        client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
-    (row,) = ledger_rows(world.bob, 1)
-    assert (row.model, row.route_id, row.wire_format) == (
+    client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+    assert mock.requests()[-1]["model"] == "claude-haiku-up"
+    first, _ = ledger_rows(world.bob, 2)
+    assert (first.model, first.route_id, first.wire_format) == (
         "claude-opus-4-8",
         route.pk,
         "anthropic-messages",
     )
     # Listed: routes and exact aliases, never a pattern; other tiers see none of it.
-    assert [m.id for m in client.models.list().data] == ["claude-sonnet-4-5", "sonnet"]
+    assert [m.id for m in client.models.list().data] == ["claude-sonnet-4-5", "haiku", "sonnet"]
     alice = sdk(proxy, world.token(world.alice))
     with pytest.raises(anthropic.NotFoundError) as caught:
         alice.messages.create(model="sonnet", max_tokens=20, messages=HELLO)

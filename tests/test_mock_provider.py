@@ -30,6 +30,7 @@ from anthropic.types import (
     ToolUseBlock,
 )
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.support.mockserver import MockServer
@@ -1280,3 +1281,361 @@ def test_it_keeps_every_new_reply_valid_for_the_sdk_types(
     assert all(ChatCompletionChunk.model_validate(chunk) for chunk in chunks)
     assert all(EVENTS.validate_python(event) for event in events)
     assert [e["index"] for e in events if e["type"] == "content_block_start"] == [0, 1, 2, 3]
+
+
+# --- OpenAI Responses -----------------------------------------------------------------------
+
+RESPONSES_TOOLS: Any = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather now",  # 3 + 2 prompt tokens
+        "parameters": _schema("city", "unit"),
+        "strict": True,
+    },
+    {"type": "function", "name": "get_time", "parameters": _schema("zone"), "strict": True},
+]
+APPLY_PATCH: Any = {"type": "custom", "name": "apply_patch", "description": "Edit files"}
+PATCH = "*** Begin Patch\n*** End Patch\n"  # 30 characters: 4 pieces of 8
+RESPONSE_EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
+# (3 + 4 words) + (3 + 2 words): the input and the instructions
+RESPONSES_PROMPT_TOKENS = 12
+
+
+def _responses_events(raw: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses stream's events off the wire, each checked: `event:` names its type."""
+    headers = {"authorization": f"Bearer {KEY}"}
+    with raw.stream("POST", "/v1/responses", json={**body, "stream": True}, headers=headers) as r:
+        assert r.status_code == 200, r.read()
+        lines = [line for line in r.iter_lines() if line]
+    events = []
+    for name, data in zip(lines[::2], lines[1::2], strict=True):
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        events.append(event)
+    return events
+
+
+def test_it_answers_openai_responses(oai: openai.OpenAI, mock: MockServer) -> None:
+    response = oai.responses.create(
+        model="gpt-mock", input="Say hello to me", instructions="Be brief."
+    )
+
+    assert response.id.startswith("resp_")
+    assert (response.object, response.status, response.model) == (
+        "response",
+        "completed",
+        "gpt-mock",
+    )
+    assert response.output_text == FULL_TEXT
+    (message,) = response.output
+    assert message.type == "message" and message.status == "completed"
+    assert response.usage is not None
+    assert response.usage.input_tokens == RESPONSES_PROMPT_TOKENS
+    assert response.usage.output_tokens == 8
+    assert response.usage.total_tokens == RESPONSES_PROMPT_TOKENS + 8
+    assert response.usage.input_tokens_details.cached_tokens == 0
+    assert response.usage.output_tokens_details.reasoning_tokens == 0
+    assert response.instructions == "Be brief."
+    Response.model_validate(response.model_dump())
+    record = mock.requests()[-1]
+    assert (record["api"], record["path"], record["model"]) == (
+        "responses",
+        "/v1/responses",
+        "gpt-mock",
+    )
+    assert record["usage"] == {"input_tokens": RESPONSES_PROMPT_TOKENS, "output_tokens": 8}
+    assert record["text_sent"] == FULL_TEXT
+
+
+def test_it_streams_openai_responses_events_in_order(oai: openai.OpenAI, raw: httpx.Client) -> None:
+    with oai.responses.stream(model="gpt-mock", input="Say hello to me") as stream:
+        seen = list(stream)
+        final = stream.get_final_response()
+    events = _responses_events(raw, {"model": "gpt-mock", "input": "Say hello to me"})
+
+    types = [event["type"] for event in events]
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 8,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert all(RESPONSE_EVENTS.validate_python(event) for event in events)
+    item_id = events[2]["item"]["id"]
+    assert all(e["item_id"] == item_id for e in events[3:-2] if "item_id" in e)
+    assert all(e["output_index"] == 0 for e in events[2:-1])
+    completed = events[-1]["response"]
+    assert completed["usage"]["output_tokens"] == 8 and completed["output"][0]["id"] == item_id
+    # The SDK's accumulator agrees with response.completed.
+    assert final.output_text == FULL_TEXT
+    assert [e.type for e in seen][-1] == "response.completed"
+    done = seen[-1]
+    assert done.type == "response.completed"
+    assert [item.model_dump() for item in final.output] == [
+        item.model_dump() for item in done.response.output
+    ]
+    assert final.usage is not None and final.usage.output_tokens == 8
+
+
+def test_it_calls_two_functions_in_one_response_then_reads_their_outputs(
+    oai: openai.OpenAI, mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(tool_calls=TOOL_CALLS)
+    question: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+
+    response = oai.responses.create(model="gpt-mock", input=question, tools=RESPONSES_TOOLS)
+    with oai.responses.stream(model="gpt-mock", input=question, tools=RESPONSES_TOOLS) as stream:
+        streamed = stream.get_final_response()
+    events = _responses_events(raw, {"model": "m", "input": question, "tools": RESPONSES_TOOLS})
+
+    for answer in (response, streamed):
+        calls = [item for item in answer.output if item.type == "function_call"]
+        assert [c.name for c in calls] == ["get_weather", "get_time"]
+        assert [json.loads(c.arguments) for c in calls] == [WEATHER, CLOCK]
+        assert all(re.fullmatch(r"call_[0-9a-f]{24}", c.call_id) for c in calls)
+        assert answer.usage is not None
+        assert answer.usage.input_tokens == (3 + 5) + (3 + 2) + 3
+        assert answer.usage.output_tokens == ARGUMENT_PIECES
+    deltas = [e for e in events if e["type"] == "response.function_call_arguments.delta"]
+    assert [e["output_index"] for e in deltas] == [0] * 5 + [1] * 3
+    dones = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [(e["name"], json.loads(e["arguments"])) for e in dones] == [
+        ("get_weather", WEATHER),
+        ("get_time", CLOCK),
+    ]
+
+    calls = [item for item in response.output if item.type == "function_call"]
+    follow_up: Any = [
+        *question,
+        *[call.model_dump(exclude_none=True) for call in calls],
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"},
+        {
+            "type": "function_call_output",
+            "call_id": calls[1].call_id,
+            "output": [{"type": "input_text", "text": "10:"}, {"type": "input_text", "text": "42"}],
+        },
+    ]
+    answer = oai.responses.create(model="gpt-mock", input=follow_up, tools=RESPONSES_TOOLS)
+
+    assert answer.output_text == "Tool results: sunny, 21 C | 10:42"
+    assert not [item for item in answer.output if item.type == "function_call"]
+    record = mock.requests()[-1]
+    assert record["tool_results"] == [
+        {"tool_use_id": calls[0].call_id, "text": "sunny, 21 C", "is_error": False, "images": 0},
+        {"tool_use_id": calls[1].call_id, "text": "10:42", "is_error": False, "images": 0},
+    ]
+
+
+def test_it_rejects_responses_tool_outputs_that_answer_no_call(oai: openai.OpenAI) -> None:
+    call: Any = {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}
+    output: Any = {"type": "function_call_output", "call_id": "call_2", "output": "x"}
+    unanswered: Any = [{"role": "user", "content": "hi"}, call]
+
+    with pytest.raises(openai.BadRequestError) as wrong:
+        oai.responses.create(model="gpt-mock", input=[call, output])
+    with pytest.raises(openai.BadRequestError) as missing:
+        oai.responses.create(model="gpt-mock", input=unanswered)
+
+    assert wrong.value.message.endswith(
+        "No tool call found for function call output with call_id call_2."
+    )
+    assert wrong.value.param == "input"
+    assert missing.value.message.endswith("No tool output found for function call call_1.")
+
+
+def test_it_calls_a_custom_tool_with_its_input(
+    oai: openai.OpenAI, mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(tool_calls=[{"name": "apply_patch", "arguments": {"input": PATCH}}])
+    body: Any = {"model": "gpt-mock", "input": "Fix it", "tools": [APPLY_PATCH]}
+
+    response = oai.responses.create(**body)
+    events = _responses_events(raw, body)
+
+    (call,) = response.output
+    assert call.type == "custom_tool_call"
+    assert (call.name, call.input) == ("apply_patch", PATCH)
+    deltas = [e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta"]
+    assert len(deltas) == 4 and "".join(deltas) == PATCH
+    (done,) = [e for e in events if e["type"] == "response.custom_tool_call_input.done"]
+    assert done["input"] == PATCH
+    assert response.usage is not None and response.usage.output_tokens == 4
+
+    answer = oai.responses.create(
+        model="gpt-mock",
+        input=[
+            {"role": "user", "content": "Fix it"},
+            call.model_dump(exclude_none=True),
+            {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"},
+        ],
+        tools=[APPLY_PATCH],
+    )
+    assert answer.output_text == "Tool results: Done!"
+
+
+def test_it_sends_a_custom_tools_arguments_as_json_without_an_input(
+    oai: openai.OpenAI, mock: MockServer
+) -> None:
+    mock.configure(tool_calls=[{"name": "apply_patch", "arguments": WEATHER}])
+
+    response = oai.responses.create(model="gpt-mock", input="Fix it", tools=[APPLY_PATCH])
+
+    (call,) = response.output
+    assert call.type == "custom_tool_call"
+    assert call.input == json.dumps(WEATHER, separators=(",", ":"))
+
+
+def test_it_sends_reasoning_and_checks_it_coming_back(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(thinking=THOUGHT)
+    include: Any = ["reasoning.encrypted_content"]
+
+    response = oai.responses.create(model="gpt-mock", input="Say hello", include=include)
+    with oai.responses.stream(model="gpt-mock", input="Say hello", include=include) as stream:
+        streamed = stream.get_final_response()
+
+    for answer in (response, streamed):
+        reasoning, message = answer.output
+        assert reasoning.type == "reasoning" and message.type == "message"
+        assert [part.text for part in reasoning.summary] == [THOUGHT]
+        assert reasoning.encrypted_content
+        assert answer.usage is not None
+        assert answer.usage.output_tokens_details.reasoning_tokens == 5
+        assert answer.usage.output_tokens == 5 + 8
+    assert mock.requests()[0]["usage"]["reasoning_tokens"] == 5
+    reasoning = response.output[0]
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    item = reasoning.model_dump(exclude_none=True)
+    turn: Any = [{"role": "user", "content": "Say hello"}, item]
+
+    again = oai.responses.create(
+        model="gpt-mock", input=[*turn, {"role": "user", "content": "Again"}]
+    )
+    altered: Any = {**item, "encrypted_content": reasoning.encrypted_content[:-6] + "AAAAAA"}
+    with pytest.raises(openai.BadRequestError) as forged:
+        oai.responses.create(model="gpt-mock", input=[turn[0], altered])
+    without: Any = {key: value for key, value in item.items() if key != "encrypted_content"}
+    with pytest.raises(openai.BadRequestError) as stored:
+        oai.responses.create(model="gpt-mock", input=[turn[0], without])
+
+    assert again.status == "completed"
+    assert forged.value.code == "invalid_encrypted_content"
+    assert "could not be verified" in forged.value.message
+    assert "Items are not persisted when `store` is set to false" in stored.value.message
+    plain = oai.responses.create(model="gpt-mock", input="Say hello")
+    assert plain.output[0].type == "reasoning" and plain.output[0].encrypted_content is None
+
+
+def test_it_reports_responses_cache_counts(oai: openai.OpenAI, mock: MockServer) -> None:
+    mock.configure(cache={"read": 7, "write": 2})
+
+    response = oai.responses.create(model="gpt-mock", input="Say hello to me")
+
+    assert response.usage is not None
+    assert response.usage.input_tokens == 7  # the total, cached tokens included
+    assert response.usage.input_tokens_details.cached_tokens == 7
+    assert mock.requests()[0]["usage"]["cache_read_tokens"] == 7
+
+
+def test_it_sees_responses_images_and_checks_them(oai: openai.OpenAI, mock: MockServer) -> None:
+    image: Any = {
+        "type": "input_image",
+        "image_url": f"data:image/png;base64,{PNG}",
+        "detail": "auto",
+    }
+    content: Any = [{"type": "input_text", "text": "What is this?"}, image, image]
+
+    response = oai.responses.create(model="gpt-mock", input=[{"role": "user", "content": content}])
+    bad: Any = [{"role": "user", "content": [{**image, "image_url": "file.png"}]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.responses.create(model="gpt-mock", input=bad)
+
+    assert response.output_text.startswith("I see 2 image(s). Hello")
+    assert response.usage is not None and response.usage.input_tokens == 3 + 3
+    assert mock.requests()[0]["images"] == 2
+    assert refused.value.param == "input[0].content[0].image_url"
+
+
+def test_it_cuts_responses_at_max_output_tokens(oai: openai.OpenAI, raw: httpx.Client) -> None:
+    response = oai.responses.create(model="gpt-mock", input="Say hello", max_output_tokens=3)
+    events = _responses_events(raw, {"model": "m", "input": "Hi", "max_output_tokens": 3})
+
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "Hello from the"
+    assert response.output[0].type == "message" and response.output[0].status == "incomplete"
+    assert response.usage is not None and response.usage.output_tokens == 3
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [e["type"] for e in events].count("response.output_text.delta") == 3
+
+
+def test_it_refuses_previous_response_ids_and_bad_input(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as previous:
+        oai.responses.create(model="gpt-mock", input="Hi", previous_response_id="resp_123")
+    with pytest.raises(openai.BadRequestError) as missing:
+        oai.responses.create(model="gpt-mock")
+    with pytest.raises(openai.BadRequestError) as wrong:
+        oai.responses.create(model="gpt-mock", input={"text": "hi"})  # type: ignore[call-overload]
+
+    assert previous.value.code == "previous_response_not_found"
+    assert previous.value.message.endswith("Previous response with id 'resp_123' not found.")
+    assert (missing.value.param, missing.value.code) == ("input", "missing_required_parameter")
+    assert (wrong.value.param, wrong.value.code) == ("input", "invalid_type")
+
+
+def test_it_applies_faults_to_responses_calls(
+    oai: openai.OpenAI, mock: MockServer, raw: httpx.Client
+) -> None:
+    mock.configure(
+        faults=[
+            {"match": {"api": "responses"}, "times": 1,
+             "action": {"type": "status", "status": 429}},
+            {"match": {"api": "responses"}, "times": 1,
+             "action": {"type": "stream_error", "chunks": 2}},
+            {"match": {"api": "responses"}, "times": 1,
+             "action": {"type": "stream_error", "chunks": 2, "event": "response.failed"}},
+            {"match": {"api": "responses"}, "times": 1,
+             "action": {"type": "usage", "usage": {"input_tokens": 1}}},
+            {"match": {"api": "openai"}, "action": {"type": "status", "status": 500}},
+        ]
+    )  # fmt: skip
+
+    with pytest.raises(openai.RateLimitError):
+        oai.responses.create(model="gpt-mock", input="Hi")
+    with pytest.raises(openai.APIError) as failed:
+        with oai.responses.stream(model="gpt-mock", input="Hi") as stream:
+            list(stream)
+    events = _responses_events(raw, {"model": "m", "input": "Hi"})
+    overridden = oai.responses.create(model="gpt-mock", input="Hi")
+
+    assert f"Rate limit reached for key {KEY}" in failed.value.message
+    assert [e["type"] for e in events][-3:] == [
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.failed",
+    ]
+    assert events[-1]["response"]["status"] == "failed"
+    assert events[-1]["response"]["error"]["code"] == "rate_limit_exceeded"
+    assert overridden.usage is not None and overridden.usage.input_tokens == 1
+    assert [r["fault"] for r in mock.requests()] == [
+        "status",
+        "stream_error",
+        "stream_error",
+        "usage",
+    ]
+
+
+def test_it_refuses_an_unknown_api_in_a_fault_match(mock: MockServer, raw: httpx.Client) -> None:
+    bad = {"faults": [{"match": {"api": "gemini"}, "action": {"type": "status", "status": 500}}]}
+    worse = {"faults": [{"action": {"type": "stream_error", "chunks": 1, "event": "boom"}}]}
+
+    assert raw.post("/_mock/config", json=bad).status_code == 400
+    assert raw.post("/_mock/config", json=worse).status_code == 400

@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 import redis
-from django.db import IntegrityError, models, transaction
+from django.db import DataError, IntegrityError, models, transaction
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
@@ -68,6 +68,15 @@ _COUNTS = {
 }
 
 
+# The text columns and their lengths, for the same reason: PostgreSQL refuses a longer value
+# (DataError), which would stop the drain for every tenant behind it.
+_LENGTHS = {
+    field.attname: field.max_length
+    for field in UsageRecord._meta.concrete_fields
+    if isinstance(field, models.CharField) and field.max_length
+}
+
+
 def record_row(record: dict[str, Any]) -> UsageRecord:
     """The UsageRecord for a settled request's record (as the meter builds it)."""
     data = dict(record)
@@ -75,6 +84,10 @@ def record_row(record: dict[str, Any]) -> UsageRecord:
         value = data.get(name, 0)
         if type(value) is not int or not 0 <= value <= largest:
             raise ValueError(f"ledger record {data.get('request_id')!r}: {name} is {value!r}")
+    for name, longest in _LENGTHS.items():
+        text = data.get(name)
+        if isinstance(text, str) and len(text) > longest:
+            raise ValueError(f"ledger record {data.get('request_id')!r}: {name} is too long")
     data["created_at"] = datetime.fromisoformat(data["created_at"])
     data["cost_usd"] = Decimal(data.pop("cost_nanos")) / NANOS
     return UsageRecord(**data)
@@ -184,7 +197,7 @@ def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
         try:
             with transaction.atomic():
                 UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
-        except IntegrityError:
+        except (IntegrityError, DataError):
             _insert_one_by_one(client, tenant_id, rows)
         # Only once the rows are committed do the entries leave the stream; a crash in
         # between re-inserts them next time, and the unique request id ignores them.
@@ -217,11 +230,12 @@ def _insert_one_by_one(client: redis.Redis, tenant_id: int, rows: list[UsageReco
         try:
             with transaction.atomic():
                 UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
-        except IntegrityError:
+        except (IntegrityError, DataError):
             dead = counters.keys_for(tenant_id, "-").dead_letter
             client.xadd(dead, {b"r": record_to_json(_record_of(row))})
             logger.error(
-                "usage of %s cannot be stored (tenant or tier gone); kept in %s",
+                "usage of %s cannot be stored (tenant or tier gone, or a value no column "
+                "holds); kept in %s",
                 row.request_id,
                 dead,
             )

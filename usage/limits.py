@@ -451,7 +451,17 @@ def _lost_bill(admission: Admission) -> Bill:
         else:
             most = admission.reserved_tokens
             prompt = _bounded(seen.input or tokens.input, most)
-            tokens = Tokens(input=prompt, output=_bounded(seen.output, most - prompt))
+            output = _bounded(seen.output, most - prompt)
+            # The kinds within those counts, as far as they fit: a cache write is priced
+            # apart (dearer than plain input at Anthropic), so it must not be lost here.
+            read = _bounded(seen.cache_read, prompt)
+            tokens = Tokens(
+                input=prompt,
+                output=output,
+                cache_read=read,
+                cache_write=_bounded(seen.cache_write, prompt - read),
+                reasoning=_bounded(seen.reasoning, output),
+            )
     latency_ms = int((time.monotonic() - admission.admitted_at) * 1000)
     return replace(bill, tokens=tokens, latency_ms=latency_ms)
 

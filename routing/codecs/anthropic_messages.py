@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from core.errors import ProxyError
 from routing.codecs.json_input import load_json_object
-from routing.codecs.openai_chat import MAX_TOKENS_LIMIT
+from routing.codecs.openai_chat import MAX_MODEL_NAME, MAX_TOKENS_LIMIT
 
 ROLES = ("user", "assistant")
 
@@ -165,6 +165,8 @@ def _model(body: dict[str, Any]) -> str:
         _wrong("model", "Field required")
     if not isinstance(model, str) or not model.strip():
         _wrong("model", "Input should be a non-empty string")
+    if len(model) > MAX_MODEL_NAME:
+        _wrong("model", f"String should have at most {MAX_MODEL_NAME} characters")
     return model
 
 

@@ -7,7 +7,7 @@ proxy today. ``anthropic-version`` is the client's, ``anthropic-beta`` the clien
 (only those PROXY_ANTHROPIC_BETAS allows, when it is set). The answer and every stream
 event come back byte for byte but for the model name in the answer and in ``message_start``;
 the usage is read on the way, from ``message_start`` and ``message_delta`` only: content
-deltas are counted, not parsed.
+deltas are counted (thinking signatures excepted), not parsed.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _malformed() -> ProxyError:
 # Events whose bytes are passed on unread: the bulk of a stream.
 _COUNTED = frozenset({"content_block_delta"})
 _UNREAD = frozenset({"ping", "content_block_start", "content_block_stop"})
+_SIGNATURE = b'"signature_delta"'
 
 
 class AnthropicPassthroughStream:
@@ -58,19 +59,27 @@ class AnthropicPassthroughStream:
         self.complete = False
         self._model = ModelName(model)
 
+    def error_event(self, error: ProxyError) -> bytes | None:
+        return None  # the client codec's own error event ends the stream
+
     def feed(self, event: SSEEvent) -> bytes:
         if event.data is None:
             return event.raw  # a comment
         kind = event.event
         if kind in _COUNTED:
-            self.content_deltas += 1
+            # A thinking block's signature is no content the model wrote (and not billed as
+            # output): found in the bytes, so deltas stay unparsed.
+            if _SIGNATURE not in event.raw:
+                self.content_deltas += 1
             return event.raw
         if kind in _UNREAD:
             return event.raw
         data = event_object(event.data)
         kind = data.get("type") if isinstance(data.get("type"), str) else kind
         if kind == "content_block_delta":  # an event written without its `event:` line
-            self.content_deltas += 1
+            delta = data.get("delta")
+            if not isinstance(delta, dict) or delta.get("type") != "signature_delta":
+                self.content_deltas += 1
         elif kind == "message_start":
             message = data.get("message")
             message = message if isinstance(message, dict) else {}

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from django.http import HttpResponse
 
 from core.errors import ProxyError
-from routing.context import Route
+from routing.context import Route, Upstream
 from routing.sse import SSEEvent
 
 
@@ -107,6 +107,11 @@ class StreamTranslator(Protocol):
         """Bytes to send the client for one upstream event (b"" to send nothing)."""
         ...
 
+    def error_event(self, error: ProxyError) -> bytes | None:
+        """The event that ends this stream after ``error``, when it must follow the events
+        already sent (Responses numbers them); None: the client codec's ``stream_error``."""
+        ...
+
 
 class ProviderCodec(Protocol[CallT_contra]):
     """One client format towards one provider kind."""
@@ -131,7 +136,9 @@ class ClientCodec(Protocol[CallT]):
         """The call in ``raw``, or ProxyError(400) saying what is wrong, in this format."""
         ...
 
-    def provider_codec(self, kind: str) -> ProviderCodec[CallT]: ...
+    def provider_codec(self, provider: Upstream) -> ProviderCodec[CallT]:
+        """How this format reaches ``provider``: pass-through when it speaks the format."""
+        ...
 
     def error_response(self, error: ProxyError) -> HttpResponse: ...
 

@@ -574,12 +574,21 @@ def _reasoning_fields(parts: list[Any]) -> dict[str, Any]:
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
-    """OpenAI's usage object: prompt_tokens counts every prompt token, cached included."""
+    """OpenAI's usage object: prompt_tokens counts every prompt token, cached included.
+
+    Tokens written to the cache (Anthropic's cache_creation_input_tokens) go in
+    ``prompt_tokens_details.cache_write_tokens`` (the openai SDK's field) when there are
+    any: OpenAI's own answers carry the field only then, and clients that price cache
+    writes apart read it.
+    """
+    prompt_details: dict[str, int] = {"cached_tokens": usage.cache_read_tokens}
+    if usage.cache_write_tokens:
+        prompt_details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+        "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 
@@ -608,6 +617,7 @@ class ChatEncoder:
         self._finished = False
         self._done = False
         self._tools: dict[int, int] = {}  # block index -> tool_calls index
+        self._argless: set[int] = set()  # tool blocks that have had no arguments yet
         self._thinking: dict[int, Thinking | RedactedThinking] = {}  # open thinking blocks
         self._thinking_sent = 0  # thinking_blocks entries sent
 
@@ -629,6 +639,9 @@ class ChatEncoder:
             self._role_sent = True
             delta = {"role": "assistant", "content": content, **delta}
         return self._chunk(delta)
+
+    def error_event(self, error: ProxyError) -> bytes | None:
+        return None  # the client codec's own error event ends the stream
 
     def feed(self, event: Event) -> bytes:
         if isinstance(event, Start):
@@ -662,6 +675,8 @@ class ChatEncoder:
             out = self._delta({"tool_calls": [entry]}, content=None)
             if part.arguments:
                 out += self._arguments(number, part.arguments)
+            else:
+                self._argless.add(event.index)
             return out
         if isinstance(part, Thinking):
             self._thinking[event.index] = Thinking(part.text, part.signature)
@@ -680,7 +695,10 @@ class ChatEncoder:
             return self._delta({"content": event.value}, content="")
         if event.kind == "arguments":
             number = self._tools.get(event.index)
-            return b"" if number is None else self._arguments(number, event.value)
+            if number is None:
+                return b""
+            self._argless.discard(event.index)
+            return self._arguments(number, event.value)
         block = self._thinking.get(event.index)
         if event.kind == "signature":
             if isinstance(block, Thinking):
@@ -690,7 +708,18 @@ class ChatEncoder:
             block.text += event.value
         return self._delta({"reasoning_content": event.value}, content=None)
 
+    def _no_arguments(self, index: int) -> bytes:
+        """A tool call that ended without arguments gets ``{}``, as a whole answer does:
+        "" is no JSON (the openai SDK's stream helper raises on it, and most clients run
+        ``json.loads`` on the arguments)."""
+        if index not in self._argless:
+            return b""
+        self._argless.discard(index)
+        return self._arguments(self._tools[index], "{}")
+
     def _stop(self, index: int) -> bytes:
+        if index in self._tools:
+            return self._no_arguments(index)
         block = self._thinking.pop(index, None)
         if block is None or (isinstance(block, Thinking) and not block.signature):
             return b""
@@ -703,6 +732,8 @@ class ChatEncoder:
             return b""
         self._finished = True
         out = b"" if self._role_sent else self._delta({}, content="")
+        for index in sorted(self._argless):  # tool blocks never stopped
+            out += self._no_arguments(index)
         return out + self._chunk({}, _finish_reason(stop_reason))
 
     def _end(self, usage: Usage) -> bytes:

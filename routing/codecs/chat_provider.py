@@ -23,6 +23,7 @@ What cannot be sent, and what happens to it:
   answers 400 for it on every non-reasoning model) while Claude Code sends an effort with
   every call. An OpenAI client's own ``reasoning_effort`` passes through untouched.
 - ``top_k``: refused (400): OpenAI has no such parameter. More than 4 stop sequences: refused.
+- A tool choice of ``any`` or naming a tool, without tools: refused (400), as both APIs do.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from routing.codecs.model import (
     ToolResult,
     ToolUse,
 )
-from routing.codecs.openai_passthrough import output_bytes, read_usage, usage_of
+from routing.codecs.openai_passthrough import chunk_failure, output_bytes, read_usage, usage_of
 from routing.context import Route
 from routing.sse import SSEEvent
 from usage.limits import tokens_in
@@ -163,10 +164,19 @@ def _tool_choice(call: InternalCall) -> str | dict[str, Any] | None:
     choice = call.tool_choice
     if choice is None:
         return None
+    if not call.tools:
+        if choice.mode in ("auto", "none"):
+            return None  # OpenAI refuses tool_choice without tools; without tools it is moot
+        # A tool that must be called, and none to call: both APIs refuse it, and dropping
+        # it would answer without the call the client demanded.
+        raise ProxyError(
+            400,
+            "`tool_choice` requires a tool call, but the request has no `tools`.",
+            code="invalid_request",
+            param="tool_choice",
+        )
     if choice.mode == "tool":
         return {"type": "function", "function": {"name": choice.name}}
-    if not call.tools and choice.mode in ("auto", "none"):
-        return None  # OpenAI refuses tool_choice without tools; without tools it is moot
     return choice.mode
 
 
@@ -333,6 +343,7 @@ class ChatDecoder:
         self._text: int | None = None
         self._thinking: int | None = None
         self._tools: dict[int, _ToolBlock] = {}  # the provider's tool index -> its block
+        self._positions: dict[int, int] = {}  # list position -> tool key, for index-less entries
         self._has_tools = False
 
     def _block(self, part: AnswerPart, out: list[Event]) -> int:
@@ -366,9 +377,10 @@ class ChatDecoder:
             self.complete = True
             return out
         obj = event_object(data)
+        failure = chunk_failure(obj)
+        if failure is not None:
+            raise failure
         choices = obj.get("choices")
-        if "error" in obj and choices is None:
-            raise failed_mid_stream(obj["error"])
         self._start(obj.get("id"), out)
         choice = choices[0] if isinstance(choices, list) and choices else None
         if isinstance(choice, dict):
@@ -411,14 +423,17 @@ class ChatDecoder:
                     self._tool(entry, position, out)
 
     def _tool(self, entry: dict[str, Any], position: int, out: list[Event]) -> None:
+        call_id = entry.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            call_id = None
         number = entry.get("index")
         if type(number) is not int:
-            number = position  # a server that leaves the index out sends one entry each
+            number = self._unindexed(position, call_id)
         tool = self._tools.setdefault(number, _ToolBlock())
         function = entry.get("function")
         if not isinstance(function, dict):
             function = {}
-        if isinstance(call_id := entry.get("id"), str) and call_id and tool.call_id is None:
+        if call_id is not None and tool.call_id is None:
             tool.call_id = call_id
         if isinstance(name := function.get("name"), str) and name and tool.name is None:
             tool.name = name
@@ -434,6 +449,20 @@ class ChatDecoder:
             for piece in tool.pending:
                 out.append(BlockDelta(tool.block, "arguments", piece))
             tool.pending.clear()
+
+    def _unindexed(self, position: int, call_id: str | None) -> int:
+        """The tool an entry without an ``index`` belongs to.
+
+        Such servers (Gemini's OpenAI endpoint, some vLLM parsers) send one entry per tool
+        call at each position of the list, often each call whole in its own chunk: an entry
+        with an id other than its position's current tool's starts a new tool (Portkey
+        #1275: without this, every call merged into the first); one without an id continues
+        the current one. Keys for these tools are negative, apart from real indexes.
+        """
+        key = self._positions.get(position)
+        if key is None or (call_id is not None and self._tools[key].call_id not in (None, call_id)):
+            key = self._positions[position] = -1 - len(self._tools)
+        return key
 
     def _finish(self, finish_reason: Any, out: list[Event]) -> None:
         if self._finished:

@@ -30,7 +30,8 @@ The provider side maps ``Reasoning`` to its own knob (``reasoning_effort``) or d
 
 Answers: a `message` object with the parts as content blocks, the stop reason and usage
 split back the Anthropic way (`input_tokens` without the cache counts, which are reported
-apart). Streams: Anthropic's events, one block open at a time (see :class:`MessagesEncoder`).
+apart; reasoning tokens as `output_tokens_details.thinking_tokens`). Streams: Anthropic's
+events, one block open at a time (see :class:`MessagesEncoder`).
 
 Tool arguments that are not a JSON object (a model's broken JSON, or a list) cannot be an
 Anthropic `input`. A whole answer carries them as ``{"_raw_arguments": "<the text>"}``
@@ -356,14 +357,20 @@ def _message_id(answer_id: str) -> str:
     return answer_id if answer_id.startswith("msg_") else f"msg_{answer_id}"
 
 
-def _usage_json(usage: Usage) -> dict[str, int]:
+def _usage_json(usage: Usage) -> dict[str, Any]:
     cached = usage.cache_read_tokens + usage.cache_write_tokens
-    return {
+    out: dict[str, Any] = {
         "input_tokens": max(usage.input_tokens - cached, 0),
         "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cache_read_tokens,
         "output_tokens": usage.output_tokens,
     }
+    if usage.reasoning_tokens:
+        # The provider's reasoning tokens (OpenAI's completion_tokens_details), counted in
+        # output_tokens as Anthropic counts thinking: the anthropic SDK's
+        # usage.output_tokens_details.thinking_tokens.
+        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return out
 
 
 def _block(part: AnswerPart) -> dict[str, Any]:
@@ -424,6 +431,9 @@ class MessagesEncoder:
         self._pending: dict[int, _Pending] = {}  # in start order (dicts keep it)
         self._stop_reason: StopReason = "end_turn"
         self._stop_sequence: str | None = None
+
+    def error_event(self, error: ProxyError) -> bytes | None:
+        return None  # the client codec's own error event ends the stream
 
     def feed(self, event: Event) -> bytes:
         if isinstance(event, Start):

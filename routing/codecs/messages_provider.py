@@ -32,6 +32,14 @@ Request:
   16384; minimal and none: no thinking), an Anthropic budget stays one, kept below
   max_tokens (max_tokens of 1024 or less cannot think: 400). Thinking on refuses
   temperature other than 1, top_p and top_k (Anthropic does), and a forced tool choice.
+  Thinking is left out of a call whose last assistant message with a tool call does not
+  start with signed or redacted thinking: Anthropic refuses thinking then ("a final
+  assistant message must start with a thinking block"), and that is every tool loop of a
+  client that does not send ``thinking_blocks`` back (the OpenAI Agents SDK, LangChain).
+  Such a call is answered without thinking, as LiteLLM does.
+- tool_choice ``required`` or naming a tool, without tools: refused (Anthropic refuses it).
+- images: ``image/jpg`` (common in data URLs) is sent as ``image/jpeg``, the only name
+  Anthropic takes.
 
 Answers: text, tool_use (``arguments`` = the compact JSON of ``input``), thinking with its
 signature, redacted thinking; Anthropic's stop reasons (``model_context_window_exceeded``
@@ -136,18 +144,29 @@ def _input_of(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw_arguments": arguments}
 
 
+def _media_type(media_type: str | None) -> str | None:
+    # Anthropic knows only image/jpeg; image/jpg (common in data URLs) is refused.
+    if media_type is not None and media_type.lower() in ("image/jpg", "image/jpeg"):
+        return "image/jpeg"
+    return media_type
+
+
 def _image(part: Image) -> dict[str, Any]:
     if part.data is not None:
         source: dict[str, Any] = {
             "type": "base64",
-            "media_type": part.media_type,
+            "media_type": _media_type(part.media_type),
             "data": part.data,
         }
     else:
         url = part.url or ""
         found = _DATA_URL.match(url)
         if found:
-            source = {"type": "base64", "media_type": found["type"], "data": found["data"]}
+            source = {
+                "type": "base64",
+                "media_type": _media_type(found["type"]),
+                "data": found["data"],
+            }
         else:
             source = {"type": "url", "url": url}
     return _with_cache({"type": "image", "source": source}, part.cache_control)
@@ -202,6 +221,17 @@ def _messages(call: InternalCall) -> list[dict[str, Any]]:
             400, "At least one user or assistant message is required.", code="invalid_request"
         )
     return messages
+
+
+def _tool_loop_thinks(messages: list[dict[str, Any]]) -> bool:
+    """Whether Anthropic would take thinking with this conversation: the last assistant
+    message that called a tool must start with (signed or redacted) thinking, or Anthropic
+    refuses the whole call ("a final assistant message must start with a thinking block")."""
+    for message in reversed(messages):
+        blocks = message["content"]
+        if message["role"] == "assistant" and any(b["type"] == "tool_use" for b in blocks):
+            return blocks[0]["type"] in ("thinking", "redacted_thinking")
+    return True
 
 
 def _system(call: InternalCall) -> str | list[dict[str, Any]] | None:
@@ -286,6 +316,19 @@ def _tool_choice(call: InternalCall) -> dict[str, Any] | None:
     elif choice is None:
         return None  # Anthropic's default
     return out
+
+
+def _check_tool_choice(call: InternalCall) -> None:
+    choice = call.tool_choice
+    if not call.tools and choice is not None and choice.mode in ("required", "tool"):
+        # A call demanded and nothing to call: Anthropic refuses it too, and dropping it
+        # would answer without the call the client asked for.
+        raise ProxyError(
+            400,
+            "`tool_choice` requires a tool call, but the request has no `tools`.",
+            code="invalid_request",
+            param="tool_choice",
+        )
 
 
 def _sampling(call: InternalCall, payload: dict[str, Any], *, thinking: bool) -> None:
@@ -377,6 +420,15 @@ def _stop_reason(value: Any, *, json_mode: bool) -> StopReason:
     return reason
 
 
+def _seeded_input(block: dict[str, Any]) -> str:
+    """A tool_use block's ``input`` at its start as arguments text: "" for Anthropic's own
+    ``{}`` (the input follows as deltas), the JSON when a server sent it whole there."""
+    given = block.get("input")
+    if not isinstance(given, dict) or not given:
+        return ""
+    return json.dumps(given, separators=(",", ":"), ensure_ascii=False)
+
+
 class MessagesDecoder:
     """Anthropic's stream events in, internal events out."""
 
@@ -388,6 +440,7 @@ class MessagesDecoder:
         self.usage = self._counts.usage
         self._json_tool = json_tool
         self._blocks: dict[int, str] = {}  # index -> the internal kind of each block passed on
+        self._dropped: set[int] = set()  # JSON mode: the blocks other than the forced tool's
 
     def feed(self, event: SSEEvent) -> list[Event]:
         if event.data is None:
@@ -436,15 +489,25 @@ class MessagesDecoder:
         if not isinstance(index, int) or not isinstance(block, dict):
             return []
         kind = block.get("type")
+        if self._json_tool is not None:
+            # JSON mode: only the forced tool's input is the answer (as text), as in a whole
+            # answer; text around it would corrupt the JSON the client parses. The other
+            # blocks' pieces are still counted: the model wrote them, and they are billed.
+            if kind == "tool_use" and block.get("name") == self._json_tool:
+                self._blocks[index] = "json"
+                seeded = _seeded_input(block)
+                self.content_deltas += 1 if seeded else 0
+                return [BlockStart(index, Text(seeded))]
+            self._dropped.add(index)
+            return []
         part: AnswerPart
         if kind == "text":
             part = Text(block.get("text") or "")
         elif kind == "tool_use":
-            name = block.get("name")
-            if self._json_tool is not None and name == self._json_tool:
-                self._blocks[index] = "json"
-                return [BlockStart(index, Text(""))]
-            part = ToolUse(str(block.get("id") or ""), str(name or ""), "")
+            # An Anthropic-compatible server may give the whole input here, without deltas.
+            arguments = _seeded_input(block)
+            self.content_deltas += 1 if arguments else 0
+            part = ToolUse(str(block.get("id") or ""), str(block.get("name") or ""), arguments)
         elif kind == "thinking":
             part = Thinking(block.get("thinking") or "", block.get("signature") or None)
         elif kind == "redacted_thinking":
@@ -456,6 +519,10 @@ class MessagesDecoder:
 
     def _delta(self, data: dict[str, Any]) -> list[Event]:
         index, delta = data.get("index"), data.get("delta")
+        if isinstance(index, int) and index in self._dropped:
+            if isinstance(delta, dict) and delta.get("type") != "signature_delta":
+                self.content_deltas += 1
+            return []
         if not isinstance(index, int) or index not in self._blocks or not isinstance(delta, dict):
             return []
         kind = delta.get("type")
@@ -489,9 +556,12 @@ class MessagesProvider:
         system = _system(call)
         if system is not None:
             payload["system"] = system
+        _check_tool_choice(call)
         json_tool = _json_tool(call)
         thinking = _thinking(call, max_tokens=max_tokens)
         thinks = thinking is not None and thinking["type"] != "disabled"
+        if thinks and not _tool_loop_thinks(payload["messages"]):
+            thinking, thinks = None, False  # see the module docstring
         if json_tool is not None:
             payload["tools"] = [json_tool]
             payload["tool_choice"] = {"type": "tool", "name": json_tool["name"]}

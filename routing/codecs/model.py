@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from core.errors import ProxyError
 from routing.codecs.base import UpstreamRequest, Usage
 from routing.context import Route
 from routing.sse import SSEEvent
@@ -95,11 +96,38 @@ class Message:
 
 @dataclass(slots=True)
 class Tool:
+    """A tool the model may call. A ``custom`` tool (OpenAI Responses: Codex's apply_patch)
+    takes free text rather than a JSON object, optionally in a ``format`` (a grammar); a
+    provider without such tools gets a function taking one string, ``input`` (see
+    :data:`CUSTOM_INPUT`), and its calls' ``arguments`` are ``{"input": <the text>}``."""
+
     name: str
     description: str | None
     parameters: dict[str, Any]  # JSON Schema of the input object
     strict: bool | None = None  # OpenAI's structured-outputs switch for the arguments
     cache_control: dict[str, Any] | None = None
+    kind: Literal["function", "custom"] = "function"
+    format: dict[str, Any] | None = None  # a custom tool's input format ({"type": "grammar"...})
+
+
+# The one argument a custom tool's call carries where only JSON-object tools exist.
+CUSTOM_INPUT = "input"
+
+
+def custom_parameters(tool: Tool) -> dict[str, Any]:
+    """The JSON Schema standing in for a custom tool's free-text input."""
+    described = "The tool's input, as free text."
+    if tool.format is not None and tool.format.get("type") == "grammar":
+        described += (
+            f" It must match this {tool.format.get('syntax', '')} grammar:\n"
+            f"{tool.format.get('definition', '')}"
+        )
+    return {
+        "type": "object",
+        "properties": {CUSTOM_INPUT: {"type": "string", "description": described}},
+        "required": [CUSTOM_INPUT],
+        "additionalProperties": False,
+    }
 
 
 @dataclass(slots=True)
@@ -234,6 +262,11 @@ class StreamEncoder(Protocol):
     """Internal events in, the client's SSE bytes out."""
 
     def feed(self, event: Event) -> bytes: ...
+
+    def error_event(self, error: ProxyError) -> bytes | None:
+        """The event ending a stream that failed, when it depends on what was sent (see
+        base.StreamTranslator.error_event); None for the client codec's own."""
+        ...
 
 
 class ClientSide(Protocol):

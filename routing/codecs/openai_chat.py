@@ -17,6 +17,9 @@ from routing.codecs.json_input import load_json_object
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_TOKENS_LIMIT = 10_000_000
+# The longest model name a client may send: the ledger stores the name asked for, and an
+# alias pattern (claude-*) would otherwise take a name of any length.
+MAX_MODEL_NAME = 200
 
 # The chat-completions parameters OpenAI documents. A request going to an OpenAI-compatible
 # provider keeps any other field (a provider's extension, a parameter newer than the proxy);
@@ -102,6 +105,8 @@ def parse_chat_request(raw: bytes, *, max_messages: int) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         _invalid("`model` is required and must be a non-empty string.", param="model")
+    if len(model) > MAX_MODEL_NAME:
+        _invalid(f"`model` is longer than {MAX_MODEL_NAME} characters.", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         _invalid("`messages` is required and must be a non-empty array.", param="messages")

@@ -45,26 +45,72 @@ def read_usage(usage: dict[str, Any], into: Usage) -> None:
 
     ``prompt_tokens`` counts every prompt token, cached ones included; the cached ones are
     in ``prompt_tokens_details.cached_tokens`` (OpenAI) or a top-level ``cached_tokens``
-    (Moonshot's context cache).
+    (Moonshot's context cache), those written to the cache (priced apart on some routes) in
+    ``prompt_tokens_details.cache_write_tokens``.
     """
     counts = token_counts(usage, required=("prompt_tokens", "completion_tokens"))
     details = usage.get("prompt_tokens_details")
     cached = token_counts(
-        details if isinstance(details, dict) else usage, optional=("cached_tokens",)
+        details if isinstance(details, dict) else usage,
+        optional=("cached_tokens", "cache_write_tokens"),
     )
     reasoning = token_counts(usage.get("completion_tokens_details"), optional=("reasoning_tokens",))
     if (
         counts is None
         or cached is None
         or reasoning is None
-        or cached["cached_tokens"] > counts["prompt_tokens"]  # more cached than sent
+        # More read from and written to the cache than was sent.
+        or cached["cached_tokens"] + cached["cache_write_tokens"] > counts["prompt_tokens"]
     ):
         into.invalid, into.reported = True, False
         return
     into.input_tokens, into.output_tokens = counts["prompt_tokens"], counts["completion_tokens"]
     into.cache_read_tokens = cached["cached_tokens"]
+    into.cache_write_tokens = cached["cache_write_tokens"]
     into.reasoning_tokens = reasoning["reasoning_tokens"]
     into.reported = True
+
+
+def delta_pieces(delta: dict[str, Any]) -> int:
+    """The content pieces in one chunk's ``delta``: text, a refusal, reasoning and each tool
+    call's arguments piece (what is billed when the stream is cut before its usage)."""
+    pieces = 0
+    for field in ("content", "refusal"):
+        if isinstance(text := delta.get(field), str) and text:
+            pieces += 1
+    # DeepSeek and Moonshot call it reasoning_content, OpenRouter and newer vLLM reasoning
+    # (some send both, the same text): one piece either way.
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        pieces += 1
+    tool_calls = delta.get("tool_calls")
+    if isinstance(tool_calls, list):
+        for entry in tool_calls:
+            function = entry.get("function") if isinstance(entry, dict) else None
+            if isinstance(function, dict):
+                arguments = function.get("arguments")
+                if isinstance(arguments, str) and arguments:
+                    pieces += 1
+    return pieces
+
+
+def chunk_failure(obj: dict[str, Any]) -> ProxyError | None:
+    """The failure a stream chunk reports, or None.
+
+    OpenAI's own error event is ``{"error": {...}}`` alone; OpenRouter's comes with the
+    choices, the one choice finished with ``"error"`` (and its text cut short): either way
+    the turn failed, and relaying it as a normal end would bill and present half an answer
+    as whole.
+    """
+    error = obj.get("error")
+    if error is not None:
+        return failed_mid_stream(error)
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("finish_reason") == "error":
+                return failed_mid_stream(choice.get("error"))
+    return None
 
 
 def output_bytes(choices: Any, key: str) -> int:
@@ -129,6 +175,9 @@ class OpenAIStream:
         self.complete = False
         self._model = ModelName(model)
 
+    def error_event(self, error: ProxyError) -> bytes | None:
+        return None  # the client codec's own error event ends the stream
+
     def feed(self, event: SSEEvent) -> bytes:
         data = event.data
         if data is None:
@@ -138,14 +187,15 @@ class OpenAIStream:
             return event.raw
         obj = event_object(data)
         choices = obj.get("choices")
-        if "error" in obj and choices is None:
-            raise failed_mid_stream(obj["error"])
-        raw = self._model.apply(event.raw, obj)
         if isinstance(choices, list):
             for choice in choices:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict) and delta.get("content"):
-                    self.content_deltas += 1
+                if isinstance(delta, dict):
+                    self.content_deltas += delta_pieces(delta)
+        failure = chunk_failure(obj)
+        if failure is not None:
+            raise failure
+        raw = self._model.apply(event.raw, obj)
         usage = usage_of(obj)
         if usage is not None:
             read_usage(usage, self.usage)

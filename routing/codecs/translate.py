@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import ProxyError
 from routing.codecs.base import UpstreamRequest, Usage
 from routing.codecs.model import ClientSide, ProviderSide, StreamDecoder, StreamEncoder
 from routing.context import Route
@@ -36,6 +37,9 @@ class TranslatedStream:
     @property
     def complete(self) -> bool:
         return self.decoder.complete
+
+    def error_event(self, error: ProxyError) -> bytes | None:
+        return self.encoder.error_event(error)
 
     def feed(self, event: SSEEvent) -> bytes:
         events = self.decoder.feed(event)

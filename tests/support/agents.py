@@ -1,24 +1,36 @@
-"""Real agent programs driven headless against a base URL: Claude Code, for end-to-end tests.
+"""Real agent programs driven headless against a base URL: Claude Code and Codex CLI.
 
     cli = ensure_claude_code()            # `make agents`: npm ci from agents/package-lock.json
     run = run_claude_code(base_url=proxy.url, api_key=token, prompt="...", workdir=tmp_path)
     assert run.returncode == 0, run.describe()
 
+    ensure_codex()
+    run = run_codex(base_url=proxy.url + "/v1", api_key=token, prompt="...", workdir=tmp_path)
+
 Claude Code (the npm package, a plain Node script at the version the lock pins) runs with the
 quiet-traffic settings it documents, in a fresh HOME, with an environment built from nothing
 (so no proxy, key or database URL of the test process leaks into it). Even so it calls out by
 itself: with an API key it asks ``api.anthropic.com/api/claude_code/organizations/metrics_enabled``
-(sending that key) whatever the settings say, and resolves that name. Two walls keep that on
-this machine:
+(sending that key) whatever the settings say, and resolves that name.
 
-- ``HTTPS_PROXY``/``HTTP_PROXY`` point at a loopback trap that answers 403 and records what was
-  asked (``AgentRun.egress``); ``NO_PROXY`` exempts loopback, where the proxy under test is.
+Codex (npm ``@openai/codex``: a Node launcher that execs the Rust binary of the platform
+package npm installs beside it, ``@openai/codex-linux-x64`` and so on, all from the registry)
+runs as ``codex exec`` with a fresh CODEX_HOME whose config.toml names one model provider, the
+base URL given. Left to its defaults it also syncs its curated plugin marketplace
+(github.com, api.github.com, chatgpt.com) and sends analytics (ab.chatgpt.com);
+codex_config() turns both off, and then the provider's ``POST /responses`` are all it sends.
+
+Two walls keep whatever an agent still tries on this machine:
+
+- ``HTTPS_PROXY``/``HTTP_PROXY`` (and for Codex ``ALL_PROXY``) point at a loopback trap that
+  answers 403 and records what was asked (``AgentRun.egress``); ``NO_PROXY`` exempts loopback,
+  where the proxy under test is.
 - When the kernel lets us, it runs in a network namespace of its own holding only a loopback
   interface, so nothing can leave however it tries. The proxy (and the trap) live in the test's
   namespace, so this module carries their ports in over Unix sockets, which do not belong to a
   network namespace: inside, a relay listens on the same 127.0.0.1 port and forwards each
-  connection to a socket file; outside, a thread forwards that socket to the real port. Claude
-  Code sees the same base URL either way.
+  connection to a socket file; outside, a thread forwards that socket to the real port. The
+  agent sees the same base URL either way.
 
 This file is also the in-namespace half, run as a script (stdlib only, no project imports):
 ``python agents.py --netns-exec --forward PORT=SOCKET ... -- COMMAND...``.
@@ -29,6 +41,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import functools
+import json
 import os
 import shutil
 import socket
@@ -45,9 +58,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 AGENTS_DIR = REPO / "agents"
 CLAUDE_CODE_CLI = AGENTS_DIR / "node_modules" / "@anthropic-ai" / "claude-code" / "cli.js"
+CODEX_CLI = AGENTS_DIR / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
 # Written by `make agents` after npm ci; older than the lock means the install is stale.
 _INSTALLED = AGENTS_DIR / "node_modules" / ".installed"
 _LOCK = AGENTS_DIR / "package-lock.json"
@@ -81,22 +97,50 @@ def node_binary() -> str | None:
 
 def ensure_claude_code() -> Path:
     """The Claude Code CLI script, installed from the lock first when missing or stale."""
+    return _ensure_installed(CLAUDE_CODE_CLI)
+
+
+def ensure_codex() -> Path:
+    """The Codex CLI launcher (bin/codex.js), installed from the lock first when missing or stale.
+
+    The launcher only finds the binary; a missing platform package (npm skipped the optional
+    dependency) fails here rather than as a puzzling exit 1 in the first test.
+    """
+    cli = _ensure_installed(CODEX_CLI)
+    with tempfile.TemporaryDirectory(prefix="codex-home-") as home:
+        done = subprocess.run(
+            [node_binary() or "node", str(cli), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": home, "CODEX_HOME": home},
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"Codex does not start on this machine:\n{done.stdout}{done.stderr}")
+    return cli
+
+
+def _ensure_installed(cli: Path) -> Path:
     if (
-        CLAUDE_CODE_CLI.is_file()
+        cli.is_file()
         and _INSTALLED.is_file()
         and _INSTALLED.stat().st_mtime >= _LOCK.stat().st_mtime
     ):
-        return CLAUDE_CODE_CLI
+        return cli
+    if not shutil.which("npm"):
+        # Nothing can install them here (a machine with node but without npm).
+        pytest.skip(f"{cli.relative_to(AGENTS_DIR)} is not installed and npm is missing")
     if shutil.which("make"):
         command = ["make", "--no-print-directory", "agents"]
     else:
         command = ["npm", "ci", "--prefix", str(AGENTS_DIR), "--no-audit", "--no-fund"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0 or not CLAUDE_CODE_CLI.is_file():
+    if done.returncode != 0 or not cli.is_file():
         raise RuntimeError(
-            f"installing Claude Code failed ({' '.join(command)}):\n{done.stdout}{done.stderr}"
+            f"installing {cli.relative_to(AGENTS_DIR)} failed ({' '.join(command)}):\n"
+            f"{done.stdout}{done.stderr}"
         )
-    return CLAUDE_CODE_CLI
+    return cli
 
 
 @functools.cache
@@ -154,65 +198,249 @@ def run_claude_code(
     (ANTHROPIC_API_KEY), "auth_token" as ``Authorization: Bearer`` (ANTHROPIC_AUTH_TOKEN).
     With ``isolate`` it runs in a loopback-only network namespace when the kernel allows one.
     """
+    node = _node()
+    if auth not in ("api_key", "auth_token"):
+        raise ValueError(f"auth must be 'api_key' or 'auth_token', not {auth!r}")
+    port = _loopback_port(base_url)
+    cli = ensure_claude_code()
+    project, home = _dirs(workdir)
+    env = {
+        **_base_env(node=node, home=home),
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY" if auth == "api_key" else "ANTHROPIC_AUTH_TOKEN": api_key,
+        **QUIET_ENV,
+    }
+    if small_model or model:
+        env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] = small_model or model or ""
+        env["ANTHROPIC_SMALL_FAST_MODEL"] = small_model or model or ""
+    command = [node, str(cli), "-p", prompt, "--output-format", "text"]
+    if allowed_tools:
+        command += ["--allowedTools", ",".join(allowed_tools)]
+    if model:
+        command += ["--model", model]
+    return _run_agent(
+        command,
+        cwd=project,
+        env=env,
+        port=port,
+        isolate=isolate,
+        timeout=timeout,
+        extra_env=extra_env,
+    )
+
+
+# --- Codex ------------------------------------------------------------------------------------
+
+# The model name the Codex runs ask for: one of the models in the catalog built into Codex
+# 0.171.0 (`codex debug models`) that is not "code mode only" (gpt-5.6 and later offer a
+# single JavaScript `exec` tool inside an `additional_tools` input item instead of plain
+# tools). For it Codex sends what a user of a current non-code-mode model gets: its shell
+# tool as the function tool `exec_command` ({"cmd": "..."}), `apply_patch` as a `custom` tool
+# with a Lark grammar, `tool_search` and `web_search` tools, `reasoning.effort` and
+# `text.verbosity`. A name outside the catalog works too, with a warning and fallback
+# metadata (no custom tool, a `namespace` tool of sub-agent functions instead).
+CODEX_MODEL = "gpt-5.5"
+# Codex's shell tool for that model ("unified exec"); its arguments are {"cmd": "..."} and
+# its output comes back as a `function_call_output` whose text wraps the command's output
+# ("Chunk ID: ...\nWall time: ...\nProcess exited with code 0\n...\nOutput:\n<output>").
+CODEX_SHELL_TOOL = "exec_command"
+# The provider id in config.toml and the variable its `env_key` names (Codex sends its value
+# as `Authorization: Bearer`).
+CODEX_PROVIDER = "llmproxy"
+CODEX_KEY_ENV = "LLM_PROXY_TOKEN"
+
+
+def codex_config(*, base_url: str, model: str = CODEX_MODEL) -> str:
+    """The config.toml of a run: one Responses provider at ``base_url``, nothing else called.
+
+    Every key is checked: the runs pass ``--strict-config``, so a setting this Codex version
+    renamed or dropped fails the run instead of being ignored.
+    """
+    return "\n".join(
+        [
+            "# Written by tests/support/agents.py for one `codex exec` run.",
+            f"model = {_toml_string(model)}",
+            f"model_provider = {_toml_string(CODEX_PROVIDER)}",
+            "check_for_update_on_startup = false",
+            "",
+            f"[model_providers.{CODEX_PROVIDER}]",
+            'name = "llm-proxy under test"',
+            f"base_url = {_toml_string(base_url)}",
+            f"env_key = {_toml_string(CODEX_KEY_ENV)}",
+            'wire_api = "responses"',
+            # Codex retries a failed request 4 times and a broken stream 5 times by default:
+            # a test of a failing proxy should fail at once, and the provider should see
+            # exactly the calls the agent meant.
+            "request_max_retries = 0",
+            "stream_max_retries = 0",
+            "",
+            "[features]",
+            # The curated plugin marketplace: synced from github.com / api.github.com and
+            # listed from chatgpt.com at every start.
+            "plugins = false",
+            "",
+            "[analytics]",
+            "enabled = false",  # ab.chatgpt.com
+            "",
+            "[feedback]",
+            "enabled = false",
+            "",
+            "[otel]",
+            'exporter = "none"',
+            "",
+        ]
+    )
+
+
+def run_codex(
+    *,
+    base_url: str,
+    api_key: str,
+    prompt: str,
+    workdir: Path,
+    model: str = CODEX_MODEL,
+    config_overrides: Sequence[str] = (),
+    isolate: bool = True,
+    timeout: float = 180.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> AgentRun:
+    """Run ``codex exec PROMPT`` with its model provider at ``base_url`` (``.../v1``).
+
+    Codex posts to ``base_url + "/responses"``, streamed, with ``api_key`` as a bearer token.
+    ``workdir/project`` is its working directory (made if missing: put the task's files
+    there), ``workdir/home`` its HOME and ``workdir/codex_home`` its CODEX_HOME (config.toml
+    from :func:`codex_config`; sessions and logs land there too). It runs shell commands
+    without asking and without its own sandbox (``--sandbox danger-full-access``, under
+    which `codex exec` never asks for approval): the network namespace is the sandbox, and
+    bubblewrap may not work inside one. ``config_overrides`` are extra ``-c key=value``
+    flags. Its stdout is the final answer alone; the transcript goes to stderr.
+    """
+    node = _node()
+    port = _loopback_port(base_url)
+    cli = ensure_codex()
+    project, home = _dirs(workdir)
+    codex_home = workdir / "codex_home"
+    codex_home.mkdir(parents=True, exist_ok=True)
+    (codex_home / "config.toml").write_text(codex_config(base_url=base_url, model=model))
+    env = {
+        **_base_env(node=node, home=home),
+        "CODEX_HOME": str(codex_home),
+        CODEX_KEY_ENV: api_key,
+    }
+    command = [
+        node,
+        str(cli),
+        "exec",
+        "--strict-config",
+        "--skip-git-repo-check",
+        "--sandbox",
+        "danger-full-access",
+        "--color",
+        "never",
+    ]
+    for override in config_overrides:
+        command += ["-c", override]
+    command += ["--", prompt]
+    return _run_agent(
+        command,
+        cwd=project,
+        env=env,
+        port=port,
+        isolate=isolate,
+        timeout=timeout,
+        extra_env=extra_env,
+        # Codex (Rust, reqwest) also honours ALL_PROXY.
+        proxy_variables=("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"),
+    )
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string is a valid TOML basic string (same escapes).
+    return json.dumps(value)
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+
+def _node() -> str:
     node = node_binary()
     if node is None:
         raise RuntimeError("node is not installed")
-    if auth not in ("api_key", "auth_token"):
-        raise ValueError(f"auth must be 'api_key' or 'auth_token', not {auth!r}")
+    return node
+
+
+def _loopback_port(base_url: str) -> int:
     target = urlsplit(base_url)
     if target.hostname not in _LOOPBACK_HOSTS or target.port is None:
         raise ValueError(f"base_url must be http://127.0.0.1:PORT on this machine: {base_url}")
-    cli = ensure_claude_code()
+    return target.port
+
+
+def _dirs(workdir: Path) -> tuple[Path, Path]:
     project, home = workdir / "project", workdir / "home"
     project.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
+    return project, home
 
+
+def _base_env(*, node: str, home: Path) -> dict[str, str]:
+    """What every agent gets, built from nothing: no variable of the test process leaks in."""
+    env = {
+        "PATH": os.pathsep.join(
+            dict.fromkeys([str(Path(node).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+        ),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "NO_COLOR": "1",
+    }
+    if os.path.exists("/bin/bash"):
+        env["SHELL"] = "/bin/bash"
+    return env
+
+
+def _run_agent(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    port: int,
+    isolate: bool,
+    timeout: float,
+    extra_env: Mapping[str, str] | None,
+    proxy_variables: Sequence[str] = ("HTTPS_PROXY", "HTTP_PROXY"),
+) -> AgentRun:
+    """Run ``command`` behind the egress trap, in a loopback-only namespace when allowed.
+
+    ``port`` is the loopback port of the server under test (carried into the namespace);
+    ``extra_env`` goes on last, so a test can override anything, the trap included.
+    """
     with ExitStack() as stack:
         trap = stack.enter_context(_egress_trap())
         trap_url = f"http://127.0.0.1:{trap.port}"
-        env = {
-            "PATH": os.pathsep.join(
-                dict.fromkeys([str(Path(node).parent), "/usr/local/bin", "/usr/bin", "/bin"])
-            ),
-            "HOME": str(home),
-            "LANG": "C.UTF-8",
-            "TERM": "dumb",
-            "NO_COLOR": "1",
-            "ANTHROPIC_BASE_URL": base_url,
-            "ANTHROPIC_API_KEY" if auth == "api_key" else "ANTHROPIC_AUTH_TOKEN": api_key,
-            "HTTPS_PROXY": trap_url,
-            "HTTP_PROXY": trap_url,
+        full_env = {
+            **env,
+            **dict.fromkeys(proxy_variables, trap_url),
             "NO_PROXY": "127.0.0.1,localhost,::1",
-            **QUIET_ENV,
+            **(extra_env or {}),
         }
-        if os.path.exists("/bin/bash"):
-            env["SHELL"] = "/bin/bash"
-        if small_model or model:
-            env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] = small_model or model or ""
-            env["ANTHROPIC_SMALL_FAST_MODEL"] = small_model or model or ""
-        env.update(extra_env or {})
-        command = [node, str(cli), "-p", prompt, "--output-format", "text"]
-        if allowed_tools:
-            command += ["--allowedTools", ",".join(allowed_tools)]
-        if model:
-            command += ["--model", model]
-
+        argv = list(command)
         netns = netns_command() if isolate else None
         if netns is not None:
             sockets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agent-ns-")))
             forwards = []
-            for port in dict.fromkeys([target.port, trap.port]):
-                path = sockets / f"{port}.sock"
-                stack.enter_context(_unix_to_tcp(path, port))
-                forwards += ["--forward", f"{port}={path}"]
-            command = [*netns, sys.executable, __file__, "--netns-exec", *forwards, "--", *command]
+            for forwarded in dict.fromkeys([port, trap.port]):
+                path = sockets / f"{forwarded}.sock"
+                stack.enter_context(_unix_to_tcp(path, forwarded))
+                forwards += ["--forward", f"{forwarded}={path}"]
+            argv = [*netns, sys.executable, __file__, "--netns-exec", *forwards, "--", *argv]
 
         started = time.monotonic()
         try:
             done = subprocess.run(
-                command,
-                cwd=project,
-                env=env,
+                argv,
+                cwd=cwd,
+                env=full_env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
