@@ -9,7 +9,8 @@ the moment it crosses the cap, and repeated or contradictory framing headers, be
 reads the body; the ASGI body-size guard stays as its fallback. In front of both handlers
 sits the slow-client guard, which bounds what a streamed answer may hold for a client that
 reads slowly (proxy_site/backpressure.py). Both guards are checked against the installed
-Daphne and Twisted once, at import.
+Daphne and Twisted once, at import. WebSockets (the staff console's live dashboard) go to
+Channels' router, behind the admin session.
 """
 
 from __future__ import annotations
@@ -39,6 +40,22 @@ install_framing_guard()
 # Before anything is served: "429 Too Many Requests", not Twisted's "429 Unknown Status".
 complete_reason_phrases()
 
-application = BodySizeLimit(
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from console.routing import websocket_urlpatterns  # noqa: E402
+
+http = BodySizeLimit(
     SlowClientGuard(route_by_path(api=ProxyAPIHandler(), default=django_application))
+)
+application = ProtocolTypeRouter(
+    {
+        "http": http,
+        # The staff console's live updates: the admin's session authenticates them, and only
+        # pages of this site (ALLOWED_HOSTS) may open one.
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
 )

@@ -212,6 +212,28 @@ PROXY_MAX_ANSWER_BYTES = env_int("PROXY_MAX_ANSWER_BYTES", 32 * 1024 * 1024, min
 # small; a stream's total is not capped (it is bounded by its deadline, and held only one
 # event and PROXY_STREAM_BUFFER_BYTES at a time, however long it runs).
 PROXY_MAX_EVENT_BYTES = env_int("PROXY_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=65536)
+# The staff console's live updates reach every process over the channel layer: through Redis
+# when there is one (publish/subscribe: nothing is stored), else in process (one process).
+CHANNEL_LAYERS = {
+    "default": (
+        {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "lp:ch"},
+        }
+        if REDIS_URL
+        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    )
+}
+# Spend alerts: where to POST them (Standard Webhooks: webhook-id, webhook-timestamp,
+# webhook-signature), and the signing secret ("whsec_" + base64). Unset: dashboard only.
+PROXY_ALERT_WEBHOOK_URL = env_str("PROXY_ALERT_WEBHOOK_URL")
+PROXY_ALERT_WEBHOOK_SECRET = env_str("PROXY_ALERT_WEBHOOK_SECRET")
+if PROXY_ALERT_WEBHOOK_URL and not PROXY_ALERT_WEBHOOK_SECRET.startswith("whsec_"):
+    raise invalid_value(
+        "PROXY_ALERT_WEBHOOK_SECRET",
+        "(hidden)",
+        'a "whsec_" secret when PROXY_ALERT_WEBHOOK_URL is set',
+    )
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
 # The `anthropic-beta` features an Anthropic client may ask of an Anthropic route
 # (comma-separated); unset, every beta the client names is forwarded (Claude Code sends
@@ -270,10 +292,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "audit",
     "tenants",
     "routing",
     "usage",
     "devtools",
+    "console",
 ]
 
 # The admin's stack. The proxy API (/v1/) is served by a separate handler with only the

@@ -13,6 +13,8 @@ admin.site.login_form = ThrottledAdminLoginForm
 urlpatterns = [
     path("", probes.root, name="root"),
     path("healthz", probes.healthz, name="healthz"),
+    # The staff console's pages first: they live under /admin/ beside the admin's own.
+    path("admin/", include("console.urls")),
     path("admin/", admin.site.urls),
     path("", include("routing.urls")),
 ]

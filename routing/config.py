@@ -53,6 +53,9 @@ _TIER_FIELDS = {
     "max_concurrent_requests": int,
     "default_max_tokens": int,
     "rate_limits_fail_open": bool,
+    "alert_thresholds": str,
+    "downgrade_model": str,
+    "downgrade_at_percent": int,
 }
 _PROVIDER_FIELDS = {
     "kind": str,

@@ -186,6 +186,9 @@ def load_context(slug: str) -> TenantContext | None:
         max_concurrent_requests=tenant.max_concurrent_requests,
         default_max_tokens=tier.default_max_tokens,
         rate_limits_fail_open=tier.rate_limits_fail_open,
+        alert_thresholds=tier.thresholds,
+        downgrade_model=tier.downgrade_model,
+        downgrade_at_percent=tier.downgrade_at_percent,
     )
     return TenantContext(
         tenant_id=tenant.id,

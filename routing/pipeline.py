@@ -43,6 +43,7 @@ from routing.upstream import Attempt, Opened, aopen
 from usage.bill import Bill, Tokens
 from usage.limits import Admission, aadmit, asettle, estimate, tokens_in
 from usage.models import UsageRecord
+from usage.softcap import asoft_capped
 from usage.weeks import week_of
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,16 @@ async def _ajourney(
     routes = context.routes_for(call.model)
     if not routes:
         raise model_not_found(call.model)
+    now = timezone.now()
+    downgraded_from = ""
+    downgrade = context.limits.downgrade_model
+    if downgrade and downgrade != call.model and await asoft_capped(account=context, now=now):
+        # Past the tier's soft cap: its cheaper model serves (the answer names it), and the
+        # client and the ledger are told which model was asked for.
+        cheaper = context.routes_for(downgrade)
+        if cheaper:
+            routes, downgraded_from = cheaper, call.model
+            headers["x-llm-proxy-downgraded-from"] = call.model
     max_tokens = call.max_tokens or context.limits.default_max_tokens
     tokens, nanos = estimate(
         prices=[route.price for route in routes],
@@ -128,7 +139,6 @@ async def _ajourney(
             f"{settings.PROXY_MAX_REQUEST_TOKENS}; lower max_tokens or shorten the prompt.",
             code="request_too_large",
         )
-    now = timezone.now()
     first = Attempt(route=routes[0], key=routes[0].provider.keys[0])
     # The ledger row this request gets should its worker die before settling it (stored with
     # the reservation, billed by usage's lost-request policy, refreshed from progress below).
@@ -144,6 +154,7 @@ async def _ajourney(
         created_at=now,
         week=week_of(now).id,
         wire_format=codec.name,
+        downgraded_from=downgraded_from,
     )
     admission = await aadmit(
         account=context,
@@ -164,6 +175,7 @@ async def _ajourney(
         prompt_estimate=tokens - max_tokens * call.completions,
         allowance=max_tokens * call.completions,
         wire_format=codec.name,
+        downgraded_from=downgraded_from,
     )
     # Read by the lease heartbeat: what the request would be billed now, should it go no
     # further (the provider's counts where it gave them, else the proxy's, as for a cut stream).
@@ -253,9 +265,12 @@ class Meter:
         prompt_estimate: int,
         allowance: int,
         wire_format: str,
+        downgraded_from: str = "",
     ) -> None:
         self.admission, self.context, self.attempt = admission, context, attempt
-        self.wire_format = wire_format
+        self.wire_format, self.downgraded_from = wire_format, downgraded_from
+        self.first_byte_at: float | None = None  # when the client got the answer's first byte
+        self.error: ProxyError | None = None  # what the client was told, when it failed
         self.stream, self.prompt_estimate = stream, prompt_estimate
         self.allowance = allowance  # output tokens the provider was allowed (max_tokens * n)
         self.usage = Usage()
@@ -289,7 +304,7 @@ class Meter:
             return
         if isinstance(exc, ProxyError):
             status = Status.UPSTREAM_TIMEOUT if exc.status == 504 else Status.UPSTREAM_ERROR
-            self.status, self.http_status = status, exc.status
+            self.status, self.http_status, self.error = status, exc.status, exc
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
             # Cancelled: the client left while this waited on the provider. GeneratorExit:
             # it left (or was cut off as too slow) while the stream waited to send.
@@ -352,6 +367,12 @@ class Meter:
             created_at=self.created_at,
             week=self.admission.week.id,
             wire_format=self.wire_format,
+            ttft_ms=None
+            if self.first_byte_at is None
+            else int((self.first_byte_at - self.started) * 1000),
+            error_code=(self.error.code or "") if self.error else "",
+            error_message=self.error.message if self.error else "",
+            downgraded_from=self.downgraded_from,
         )
 
     async def _asettle(self) -> None:
@@ -386,6 +407,10 @@ def _bill(
     created_at: datetime,
     week: str,
     wire_format: str,
+    ttft_ms: int | None = None,
+    error_code: str = "",
+    error_message: str = "",
+    downgraded_from: str = "",
 ) -> Bill:
     """A request's bill, charged to the route and key of its (latest) attempt."""
     route, key = attempt.route, attempt.key
@@ -408,6 +433,10 @@ def _bill(
         created_at=created_at,
         week=week,
         wire_format=wire_format,
+        ttft_ms=ttft_ms,
+        error_code=error_code,
+        error_message=error_message[:500],
+        downgraded_from=downgraded_from,
     )
 
 
@@ -473,6 +502,7 @@ async def _aexchange(
         try:
             if not call.stream:
                 body = await _aread_answer(opened, call=call, meter=meter, deadline=deadline)
+                meter.first_byte_at = time.monotonic()
                 yield Reply(body=body)
                 return
             if not started:
@@ -575,15 +605,17 @@ async def _arelay(
             )
             break
         if out:
+            if meter.first_byte_at is None and translator.content_deltas:
+                meter.first_byte_at = time.monotonic()  # the first content the client gets
             # Events are whole here (the parser cuts at their ends), so a key quoted in one,
             # an error event as much as content, is found and removed before it is sent.
             yield opened.key.auth.scrub_bytes(out)
     if failure is None and not translator.complete:
         failure = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
     if failure is not None:
-        meter.record_failure(failure)
         # The provider's words may be in it (its own error event): nothing of the set-up.
         failure = redact_error(failure, route=route, key=opened.key)
+        meter.record_failure(failure)
         # A format whose events are numbered (Responses) ends the stream in its own sequence.
         yield translator.error_event(failure) or codec.stream_error(failure)
 

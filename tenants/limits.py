@@ -15,6 +15,10 @@ class Limits:
     max_concurrent_requests: int
     default_max_tokens: int
     rate_limits_fail_open: bool
+    # Spend alerts and the soft cap (the tier's; see tenants.models.Tier).
+    alert_thresholds: tuple[int, ...] = ()
+    downgrade_model: str = ""
+    downgrade_at_percent: int | None = None
 
 
 class Account(Protocol):

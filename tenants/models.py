@@ -3,6 +3,7 @@ from __future__ import annotations
 import secrets
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -41,6 +42,25 @@ class Tier(models.Model):
             "with 503. Logged as an error on every such request."
         ),
     )
+    alert_thresholds = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Percentages of the weekly token or cost cap that raise a spend alert, "
+        "comma-separated (50,80,100); each fires once per tenant per week. Empty: no alerts.",
+    )
+    downgrade_model = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="One of the tier's models that serves every request once a tenant is past "
+        "the downgrade percentage (a soft cap), until the hard cap. Empty: no downgrade.",
+    )
+    downgrade_at_percent = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="The soft cap, as a percentage of the weekly token or cost cap.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -49,6 +69,24 @@ class Tier(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    @property
+    def thresholds(self) -> tuple[int, ...]:
+        """The alert percentages, in order (validated by clean())."""
+        return tuple(sorted({int(p) for p in self.alert_thresholds.split(",") if p.strip()}))
+
+    def clean(self) -> None:
+        parts = [p.strip() for p in self.alert_thresholds.split(",") if p.strip()]
+        if not all(p.isdigit() and 1 <= int(p) <= 100 for p in parts):
+            raise ValidationError(
+                {"alert_thresholds": "Whole percentages from 1 to 100, comma-separated."}
+            )
+        if (self.downgrade_at_percent is None) != (not self.downgrade_model):
+            raise ValidationError(
+                {"downgrade_model": "Give both a downgrade model and its percentage, or neither."}
+            )
+        if self.downgrade_at_percent is not None and not 1 <= self.downgrade_at_percent <= 99:
+            raise ValidationError({"downgrade_at_percent": "From 1 to 99 (100 is the hard cap)."})
 
 
 def initial_token_version() -> int:

@@ -48,6 +48,9 @@ class TierFields(TypedDict, total=False):
     max_concurrent_requests: int
     default_max_tokens: int
     rate_limits_fail_open: bool
+    alert_thresholds: str
+    downgrade_model: str
+    downgrade_at_percent: int | None
 
 
 class TierChanges(TierFields, total=False):

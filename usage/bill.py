@@ -97,6 +97,10 @@ class Bill:
     created_at: datetime
     week: str
     wire_format: str = "openai-chat"  # the API the client spoke
+    ttft_ms: int | None = None  # to the first byte sent to the client, if any was
+    error_code: str = ""  # how it failed, as the client was told (redacted)
+    error_message: str = ""
+    downgraded_from: str = ""  # the model asked for, when a soft cap downgraded it
 
     @property
     def cost_nanos(self) -> int:
@@ -127,6 +131,10 @@ class Bill:
             "cache_write_tokens": self.tokens.cache_write,
             "reasoning_tokens": self.tokens.reasoning,
             "wire_format": self.wire_format,
+            "ttft_ms": self.ttft_ms,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "downgraded_from": self.downgraded_from,
             "usage_reported": self.tokens.reported,
             "usage_invalid": self.tokens.invalid,
             "cost_nanos": self.cost_nanos,

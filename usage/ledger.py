@@ -84,6 +84,9 @@ def record_row(record: dict[str, Any]) -> UsageRecord:
         value = data.get(name, 0)
         if type(value) is not int or not 0 <= value <= largest:
             raise ValueError(f"ledger record {data.get('request_id')!r}: {name} is {value!r}")
+    ttft = data.get("ttft_ms")
+    if ttft is not None and (type(ttft) is not int or not 0 <= ttft <= _INT):
+        raise ValueError(f"ledger record {data.get('request_id')!r}: ttft_ms is {ttft!r}")
     for name, longest in _LENGTHS.items():
         text = data.get(name)
         if isinstance(text, str) and len(text) > longest:

@@ -53,6 +53,7 @@ from usage.ledger import (
     sweep_tenant,
     week_usage,
 )
+from usage.signals import bill_settled
 from usage.weeks import Week, week_of
 
 logger = logging.getLogger(__name__)
@@ -592,6 +593,7 @@ async def asettle(admission: Admission, bill: Bill) -> None:
             exc_info=True,
         )
         await _write_direct(record)
+        await _announce(bill, settled=True)
         return
     if not settled and admission.pending is not None:
         logger.warning(
@@ -601,6 +603,19 @@ async def asettle(admission: Admission, bill: Bill) -> None:
             bill.tokens.total,
         )
     _drainer.note(admission.tenant_id)
+    await _announce(bill, settled=bool(settled))
+
+
+async def _announce(bill: Bill, *, settled: bool) -> None:
+    # send_robust's async twin: a receiver's failure must not become the request's.
+    for receiver, result in await bill_settled.asend_robust(None, bill=bill, settled=settled):
+        if isinstance(result, Exception):
+            logger.error(
+                "%s: a bill_settled receiver (%r) failed",
+                bill.request_id,
+                receiver,
+                exc_info=result,
+            )
 
 
 async def _write_direct(record: dict[str, Any]) -> None:

@@ -55,6 +55,22 @@ class UsageRecord(models.Model):
     http_status = models.PositiveSmallIntegerField()
     attempts = models.PositiveSmallIntegerField(default=1)
     latency_ms = models.PositiveIntegerField()
+    ttft_ms = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Time to the first byte of the answer sent to the client (a stream's first "
+        "content event; a whole answer's body); empty when none was sent.",
+    )
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.CharField(
+        max_length=500, blank=True, default="", help_text="What the client was told (redacted)."
+    )
+    downgraded_from = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="The model asked for, when the tier's soft cap sent it to its downgrade model.",
+    )
     created_at = models.DateTimeField(db_index=True)
     week = models.CharField(max_length=10, help_text="The usage week (its start date).")
     counted = models.BooleanField(
