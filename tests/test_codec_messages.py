@@ -1382,7 +1382,7 @@ def test_it_streams_the_forced_tool_as_json_text() -> None:
     assert decoder.content_deltas == 2
 
 
-def anthropic_stream(*events: dict[str, Any]) -> bytes:
+def anthropic_stream(*events: dict[str, Any], stop_reason: str = "tool_use") -> bytes:
     start = {
         "type": "message_start",
         "message": {
@@ -1398,7 +1398,7 @@ def anthropic_stream(*events: dict[str, Any]) -> bytes:
     }
     finish = {
         "type": "message_delta",
-        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
         "usage": {"output_tokens": 9},
     }
     return b"".join(
@@ -1458,3 +1458,23 @@ def test_it_streams_only_the_forced_tool_as_json_text() -> None:
     ]
     assert events[-2] == Finish("end_turn")
     assert decoder.content_deltas == 2  # the dropped text was written, and is billed
+
+
+def test_it_passes_a_text_answer_on_when_the_forced_tool_never_comes() -> None:
+    # A provider answering in text although the JSON tool was forced: that text is the
+    # answer, held only until the turn ends, never dropped (the client would get nothing).
+    raw = anthropic_stream(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "text_delta", "text": '{"a": 2}'}},
+        {"type": "content_block_stop", "index": 0},
+        stop_reason="end_turn",
+    )  # fmt: skip
+    fmt = ResponseFormat("json_object")
+    events, _ = decode_stream(raw, call_of(stream=True, response_format=fmt))
+    assert events[1:-1] == [
+        BlockStart(0, Text("")),
+        BlockDelta(0, "text", '{"a": 2}'),
+        BlockStop(0),
+        Finish("end_turn"),
+    ]

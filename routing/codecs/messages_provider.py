@@ -441,6 +441,10 @@ class MessagesDecoder:
         self._json_tool = json_tool
         self._blocks: dict[int, str] = {}  # index -> the internal kind of each block passed on
         self._dropped: set[int] = set()  # JSON mode: the blocks other than the forced tool's
+        # JSON mode: text held back until it is known whether the forced tool comes (then
+        # the text is dropped) or not (then the model answered in text, which is passed on:
+        # an answer is never lost for want of the JSON).
+        self._held: list[Event] | None = [] if json_tool is not None else None
 
     def feed(self, event: SSEEvent) -> list[Event]:
         if event.data is None:
@@ -466,7 +470,10 @@ class MessagesDecoder:
             return self._delta(data)
         if kind == "content_block_stop":
             index = data.get("index")
-            return [BlockStop(index)] if isinstance(index, int) and index in self._blocks else []
+            stop: list[Event] = (
+                [BlockStop(index)] if isinstance(index, int) and index in self._blocks else []
+            )
+            return self._hold(index, stop)
         if kind == "message_delta":
             self._counts.read(
                 data.get("usage"), required=("output_tokens",), optional=("input_tokens",)
@@ -475,8 +482,11 @@ class MessagesDecoder:
             delta = data.get("delta")
             delta = delta if isinstance(delta, dict) else {}
             sequence = delta.get("stop_sequence")
-            reason = _stop_reason(delta.get("stop_reason"), json_mode=self._json_tool is not None)
-            return [Finish(reason, sequence if isinstance(sequence, str) else None)]
+            json_answered = self._held is None and self._json_tool is not None
+            reason = _stop_reason(delta.get("stop_reason"), json_mode=json_answered)
+            finish = Finish(reason, sequence if isinstance(sequence, str) else None)
+            held, self._held = self._held or [], None
+            return [*held, finish]
         if kind == "message_stop":
             self.complete = True
             return [End(usage=replace(self.usage))]
@@ -494,10 +504,20 @@ class MessagesDecoder:
             # answer; text around it would corrupt the JSON the client parses. The other
             # blocks' pieces are still counted: the model wrote them, and they are billed.
             if kind == "tool_use" and block.get("name") == self._json_tool:
+                # The forced tool came: the text held so far was talk around the JSON.
+                for held in self._held or []:
+                    if isinstance(held, BlockStart | BlockDelta | BlockStop):
+                        self._blocks.pop(held.index, None)
+                        self._dropped.add(held.index)
+                self._held = None
                 self._blocks[index] = "json"
                 seeded = _seeded_input(block)
                 self.content_deltas += 1 if seeded else 0
                 return [BlockStart(index, Text(seeded))]
+            if kind == "text" and self._held is not None:
+                self._blocks[index] = "text"
+                self._held.append(BlockStart(index, Text(block.get("text") or "")))
+                return []
             self._dropped.add(index)
             return []
         part: AnswerPart
@@ -541,7 +561,14 @@ class MessagesDecoder:
             return []
         if what != "signature":
             self.content_deltas += 1
-        return [BlockDelta(index, what, value)]  # type: ignore[arg-type]
+        return self._hold(index, [BlockDelta(index, what, value)])  # type: ignore[arg-type]
+
+    def _hold(self, index: Any, events: list[Event]) -> list[Event]:
+        """JSON mode: a text block's events wait until the forced tool comes or the turn ends."""
+        if self._held is not None and events and self._blocks.get(index) == "text":
+            self._held.extend(events)
+            return []
+        return events
 
 
 class MessagesProvider:
@@ -605,6 +632,11 @@ class MessagesProvider:
         if not isinstance(content, list):
             _malformed()
         json_tool = _json_tool_name(call)
+        if json_tool is not None and not any(
+            isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") == json_tool
+            for b in content
+        ):
+            json_tool = None  # the model answered in text: that is the answer, not nothing
         parts: list[AnswerPart] = []
         size = 0
         for block in content:
