@@ -16,7 +16,7 @@ LOCK := requirements.lock
 # For `make lock`: --upgrade, or --upgrade-package NAME (repeatable).
 ARGS ?=
 
-.PHONY: install lock run test lint typecheck test-services test-zero-setup bench clean agents
+.PHONY: install lock run test lint typecheck test-services test-zero-setup bench clean agents browser
 
 # Installs only what the lock names, then the project itself without resolving anything;
 # `pip check` fails when pyproject.toml asks for something the lock does not hold.
@@ -61,6 +61,26 @@ agents:
 	@echo "npm not found: the agent tests will skip" >&2
 endif
 
+# The browser the console's end-to-end test drives (tests/support/browser.py): Debian's own
+# chromium package, installed through apt like any system package (as root, or through
+# password-less sudo), never a build `playwright install` would download. Quiet and instant
+# when it is already there; without apt-get there is nothing to do (that test then skips).
+CHROMIUM := /usr/bin/chromium
+APT_GET := $(shell command -v apt-get 2>/dev/null)
+ROOT := $(if $(filter 0,$(shell id -u)),,sudo -n)
+browser:
+ifeq ($(wildcard $(CHROMIUM)),)
+ifneq ($(APT_GET),)
+	$(ROOT) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(ROOT) apt-get install -y -qq --no-install-recommends chromium >/dev/null
+	@$(CHROMIUM) --version 2>/dev/null
+else
+	@echo "no $(CHROMIUM) and no apt-get: the browser test will skip" >&2
+endif
+else
+	@:
+endif
+
 # Migrate, load the demo config, print a token and examples, then serve the proxy on
 # Daphne with the mock provider beside it (Ctrl-C stops both).
 run: install dev-secrets
@@ -85,10 +105,12 @@ typecheck: install
 	$(VENV)/bin/mypy .
 
 # The whole suite against PostgreSQL and Redis.
-# The agent programs are installed first; when that fails (no network to the npm registry)
-# the rest of the suite still runs and the agent tests fail, saying why.
+# The agent programs and Chromium are installed first; when that fails (no network to the npm
+# registry or the Debian mirror) the rest of the suite still runs and the tests needing them
+# fail, saying why.
 test-services: install
 	@$(MAKE) --no-print-directory agents || echo "installing the agent programs failed: their tests will fail" >&2
+	@$(MAKE) --no-print-directory browser || echo "installing Chromium failed: the browser test will fail" >&2
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The key tests again on the zero-setup defaults: SQLite and the embedded counter store.

@@ -214,11 +214,17 @@ PROXY_MAX_ANSWER_BYTES = env_int("PROXY_MAX_ANSWER_BYTES", 32 * 1024 * 1024, min
 PROXY_MAX_EVENT_BYTES = env_int("PROXY_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=65536)
 # The staff console's live updates reach every process over the channel layer: through Redis
 # when there is one (publish/subscribe: nothing is stored), else in process (one process).
+_REDIS_DB = urlsplit(REDIS_URL).path.strip("/") or "0"
 CHANNEL_LAYERS = {
     "default": (
         {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "lp:ch"},
+            # Publish/subscribe channels ignore the database number: the prefix carries it,
+            # so deployments sharing a Redis server on different databases stay apart.
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"lp:ch:{urlsplit(REDIS_URL).path.strip('/') or 0}",
+            },
         }
         if REDIS_URL
         else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
@@ -309,6 +315,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication: the request's user is the actor of the audit rows it writes.
+    "audit.middleware.audit_actor_middleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

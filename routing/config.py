@@ -204,7 +204,17 @@ def _updated(report: ConfigReport, label: str, changed: list[str]) -> None:
 
 
 @sensitive_variables()  # the environment and the provider keys read from it
-def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigReport:
+def config_apply(
+    *, data: dict[str, Any], environ: Mapping[str, str], dry_run: bool = False
+) -> ConfigReport:
+    """Make the database match ``data``; returns what changed.
+
+    ``dry_run`` runs the very same validation and writes, then rolls the transaction back:
+    the report says what a real run would change (line for line, since it is the same
+    code), and nothing stays: no row, no audit row written in the transaction, and no
+    change announced, since announcements and the key-health clean-up wait for a commit
+    (transaction.on_commit) and a rollback discards them.
+    """
     unknown = sorted(set(data) - {"tiers", "providers", "routes", "aliases", "tenants"})
     if unknown:
         raise ConfigError(f"Unknown top-level section(s): {', '.join(unknown)}.")
@@ -267,6 +277,8 @@ def config_apply(*, data: dict[str, Any], environ: Mapping[str, str]) -> ConfigR
     report = ConfigReport()
     with transaction.atomic():
         _apply(tiers, providers, routes, aliases, tenants, report)
+        if dry_run:
+            transaction.set_rollback(True)
     return report
 
 

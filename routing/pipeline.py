@@ -270,7 +270,10 @@ class Meter:
         self.admission, self.context, self.attempt = admission, context, attempt
         self.wire_format, self.downgraded_from = wire_format, downgraded_from
         self.first_byte_at: float | None = None  # when the client got the answer's first byte
-        self.error: ProxyError | None = None  # what the client was told, when it failed
+        # What the client was told, when it failed: the words only, never the exception,
+        # whose traceback would keep the failed exchange's frames (a refused 32 MiB answer
+        # among them) alive until the garbage collector finds the cycle.
+        self.error_code = self.error_message = ""
         self.stream, self.prompt_estimate = stream, prompt_estimate
         self.allowance = allowance  # output tokens the provider was allowed (max_tokens * n)
         self.usage = Usage()
@@ -304,7 +307,8 @@ class Meter:
             return
         if isinstance(exc, ProxyError):
             status = Status.UPSTREAM_TIMEOUT if exc.status == 504 else Status.UPSTREAM_ERROR
-            self.status, self.http_status, self.error = status, exc.status, exc
+            self.status, self.http_status = status, exc.status
+            self.error_code, self.error_message = exc.code or "", exc.message
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
             # Cancelled: the client left while this waited on the provider. GeneratorExit:
             # it left (or was cut off as too slow) while the stream waited to send.
@@ -370,8 +374,8 @@ class Meter:
             ttft_ms=None
             if self.first_byte_at is None
             else int((self.first_byte_at - self.started) * 1000),
-            error_code=(self.error.code or "") if self.error else "",
-            error_message=self.error.message if self.error else "",
+            error_code=self.error_code,
+            error_message=self.error_message,
             downgraded_from=self.downgraded_from,
         )
 

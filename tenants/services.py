@@ -12,7 +12,8 @@ import json
 import logging
 import time
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -24,6 +25,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audit.services import audit_action
 from core.signals import announce_config_change
 from core.writes import apply_changes, save_and_announce
 from tenants.models import Tenant, Tier
@@ -115,13 +117,17 @@ def tenant_delete(*, tenant: Tenant) -> None:
 
 def tenant_suspend(*, tenant: Tenant, by: User | None = None) -> Tenant:
     """Every request of the tenant is refused (403 tenant_suspended) until it is activated."""
-    apply_changes(tenant, {"status": Tenant.Status.SUSPENDED})
+    # One named audit row, whoever calls (the console, an admin action, a command); a
+    # caller's own audit_action around this merges with it.
+    with audit_action("tenant.suspended", target=tenant):
+        apply_changes(tenant, {"status": Tenant.Status.SUSPENDED})
     logger.info("tenant %s suspended%s", tenant.slug, _by(by))
     return tenant
 
 
 def tenant_activate(*, tenant: Tenant, by: User | None = None) -> Tenant:
-    apply_changes(tenant, {"status": Tenant.Status.ACTIVE})
+    with audit_action("tenant.resumed", target=tenant):
+        apply_changes(tenant, {"status": Tenant.Status.ACTIVE})
     logger.info("tenant %s activated%s", tenant.slug, _by(by))
     return tenant
 
@@ -129,18 +135,34 @@ def tenant_activate(*, tenant: Tenant, by: User | None = None) -> Tenant:
 @transaction.atomic
 def tenant_revoke_tokens(*, tenant: Tenant, by: User | None = None) -> Tenant:
     """Bump token_version: every token issued before stops working."""
-    # In the database, not from this instance: two revocations at once both count.
-    Tenant.objects.filter(pk=tenant.pk).update(
-        token_version=F("token_version") + 1, updated_at=timezone.now()
-    )
+    # In the database, not from this instance: two revocations at once both count. update()
+    # sends no model signal: the named audit row is this service's to write.
+    with audit_action("tenant.tokens_revoked", target=tenant):
+        Tenant.objects.filter(pk=tenant.pk).update(
+            token_version=F("token_version") + 1, updated_at=timezone.now()
+        )
     tenant.refresh_from_db(fields=["token_version", "updated_at"])
     announce_config_change()  # update() sends no model signal: the service says so itself
     logger.info("tenant %s: all tokens revoked%s", tenant.slug, _by(by))
     return tenant
 
 
-def token_issue(*, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = None) -> str:
-    """A JWT for ``tenant`` signed with JWT_SIGNING_JWK (the platform normally does this)."""
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token just signed, to be handed over once: the proxy keeps no copy of it."""
+
+    token: str = field(repr=False)  # never in a repr: reprs end up in logs and tracebacks
+    expires_at: datetime
+    jti: str  # the token's id: what a log or an audit row may name instead of the token
+
+
+def tenant_token_issue(
+    *, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = None, by: User | None = None
+) -> IssuedToken:
+    """A JWT for ``tenant`` signed with JWT_SIGNING_JWK, and when it expires.
+
+    It carries the tenant's current token_version, so "revoke all" stops it too.
+    """
     seconds = int(ttl.total_seconds())
     if not 0 < seconds <= settings.JWT_MAX_LIFETIME:
         raise TokenLifetimeInvalid(
@@ -157,13 +179,22 @@ def token_issue(*, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = Non
     jwk: dict[str, Any] = json.loads(text)
     key = jwt.PyJWK(jwk, algorithm=jwk["alg"])
     now = int(time.time())
+    jti = uuid.uuid4().hex
     claims = {
         "sub": tenant.slug,
         "aud": settings.JWT_AUDIENCE,
         "iss": settings.JWT_ISSUER,
         "iat": now,
         "exp": now + seconds,
-        "jti": uuid.uuid4().hex,
+        "jti": jti,
         "ver": tenant.token_version,
     }
-    return jwt.encode(claims, key.key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
+    token = jwt.encode(claims, key.key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
+    expires_at = datetime.fromtimestamp(now + seconds, tz=UTC)
+    logger.info("tenant %s: token %s issued, expires %s%s", tenant.slug, jti, expires_at, _by(by))
+    return IssuedToken(token=token, expires_at=expires_at, jti=jti)
+
+
+def token_issue(*, tenant: Tenant, ttl: timedelta, signing_jwk: str | None = None) -> str:
+    """A JWT for ``tenant`` signed with JWT_SIGNING_JWK (the platform normally does this)."""
+    return tenant_token_issue(tenant=tenant, ttl=ttl, signing_jwk=signing_jwk).token

@@ -105,6 +105,15 @@ class JwtKeys:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [public_jwk(self.primary), public_jwk(self.rotated), self.hmac]}
 
+    @property
+    def served(self) -> dict[str, Any]:
+        """What a live server trusts: these keys, and the public half of the key the proxy
+        itself signs with (JWT_SIGNING_JWK, the dev secret every process here holds), so
+        that a token the staff console issues works against it."""
+        signing = settings.JWT_SIGNING_JWK
+        own = [public_jwk(json.loads(signing))] if signing else []
+        return {"keys": [*self.jwks["keys"], *own]}
+
     def sign(
         self, claims: dict[str, Any], *, key: dict[str, Any] | None = None, **headers: Any
     ) -> str:
@@ -219,7 +228,7 @@ def start_proxy(
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
-        "JWT_JWKS": json.dumps(jwt_keys.jwks),
+        "JWT_JWKS": json.dumps(jwt_keys.served),
         "JWT_ALGORITHMS": "EdDSA,HS256",
         "PROXY_CONTEXT_TTL": str(SERVER_CONTEXT_TTL),
         "LOG_LEVEL": "DEBUG",

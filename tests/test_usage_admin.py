@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import signal
 import time
 import uuid
@@ -31,6 +32,7 @@ from routing.services import provider_create, provider_key_create, route_create
 from tenants.models import Tenant
 from tenants.services import tenant_create, tier_create
 from usage import counters
+from usage.admin import usd
 from usage.bill import NANOS
 from usage.ledger import record_to_json, seed_week
 from usage.models import UsageRecord, WeekReset
@@ -224,7 +226,8 @@ def test_it_falls_back_to_the_ledger_for_a_week_not_yet_live(ops: Client) -> Non
     bob = make_tenant("bob", weekly_token_cap=2_000)
     ledger_row(bob, tokens=(400, 100), cost=Decimal("0.004"))
     text = page(ops, CHANGELIST)
-    assert "500 / 2,000 tokens (25%); $0.00 (from the ledger: counters not live)" in text
+    # $0.004, not $0.00: a cost under a cent is shown as it is.
+    assert "500 / 2,000 tokens (25%); $0.004 (from the ledger: counters not live)" in text
     assert "seeded" not in live(bob)  # showing it did not make the week live
 
 
@@ -550,3 +553,231 @@ def test_it_finds_ledger_rows_by_search_and_filter(ops: Client, alice: Tenant) -
     assert first.request_id in ok_only and second.request_id not in ok_only
     this_year = page(ops, f"{url}?created_at__year={timezone.now().year}")  # date hierarchy
     assert first.request_id in this_year
+
+
+# --- the ledger's list: filters, totals, costs to the nano-dollar, errors --------------------
+
+LEDGER = "/admin/usage/usagerecord/"
+
+
+def entry(tenant: Tenant, request_id: str, *, when: datetime | None = None, **fields: Any) -> None:
+    """A ledger row with the given fields (the rest: a plain successful request)."""
+    moment = when or timezone.now()
+    values: dict[str, Any] = {
+        "model": "auto",
+        "provider_slug": f"moonshot-{tenant.slug}",
+        "upstream_model": "kimi-k2",
+        "stream": False,
+        "status": UsageRecord.Status.OK,
+        "http_status": 200,
+        "latency_ms": 12,
+        **fields,
+    }
+    UsageRecord.objects.create(
+        request_id=request_id,
+        tenant=tenant,
+        tier=tenant.tier,
+        created_at=moment,
+        week=week_of(moment).id,
+        **values,
+    )
+
+
+# Each row's numbers, from which every expected total below is computed.
+ROWS: dict[str, dict[str, Any]] = {
+    "req-a1": {
+        "input_tokens": 1000,
+        "cache_read_tokens": 200,
+        "cache_write_tokens": 50,
+        "output_tokens": 300,
+        "reasoning_tokens": 100,
+        "cost_usd": Decimal("0.001000001"),
+    },
+    "req-a2": {
+        "input_tokens": 7,
+        "output_tokens": 0,
+        "cost_usd": Decimal("0.000000123"),
+        "model": "claude",
+        "provider_slug": "anthropic",
+        "wire_format": "anthropic-messages",
+        "status": UsageRecord.Status.UPSTREAM_ERROR,
+        "http_status": 502,
+        "error_code": "upstream_unavailable",
+        "error_message": "The provider answered 502 Bad Gateway.",
+    },
+    "req-b1": {
+        "input_tokens": 10,
+        "cache_read_tokens": 4,
+        "output_tokens": 5,
+        "reasoning_tokens": 2,
+        "cost_usd": Decimal("0.5"),
+        "ttft_ms": 321,
+        "downgraded_from": "big-model",
+    },
+}
+KINDS = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+@pytest.fixture
+def ledger() -> dict[str, Tenant]:
+    """Alice's two rows this week (one failed), Bob's one row three weeks ago."""
+    alice, bob = make_tenant("alice"), make_tenant("bob")
+    entry(alice, "req-a1", **ROWS["req-a1"])
+    entry(alice, "req-a2", **ROWS["req-a2"])
+    entry(bob, "req-b1", when=timezone.now() - timedelta(weeks=3), **ROWS["req-b1"])
+    return {"alice": alice, "bob": bob}
+
+
+def listed(text: str) -> set[str]:
+    return {rid for rid in ROWS if f">{rid}<" in text}
+
+
+def totals(text: str) -> dict[str, str]:
+    """The totals row above the list, by column."""
+    return dict(re.findall(r'<td data-total="(\w+)">([^<]*)</td>', text))
+
+
+def expected(*ids: str) -> dict[str, str]:
+    rows = [ROWS[i] for i in ids]
+    sums = {kind: sum(r.get(kind, 0) for r in rows) for kind in KINDS}
+    cost = sum((r["cost_usd"] for r in rows), Decimal(0))
+    errors = sum(r.get("status", "ok") != "ok" for r in rows)
+    return {
+        "requests": f"{len(rows):,}",
+        "errors": f"{errors:,}",
+        **{kind: f"{value:,}" for kind, value in sums.items()},
+        "total_tokens": f"{sums['input_tokens'] + sums['output_tokens']:,}",
+        "cost_usd": usd(cost),
+    }
+
+
+def test_it_filters_the_ledger_and_totals_the_filtered_set(
+    ops: Client, ledger: dict[str, Tenant]
+) -> None:
+    alice, bob = ledger["alice"], ledger["bob"]
+    cases = {
+        "": {"req-a1", "req-a2", "req-b1"},
+        f"tenant__id__exact={alice.pk}": {"req-a1", "req-a2"},
+        f"tenant__id__exact={bob.pk}": {"req-b1"},
+        f"tier__id__exact={bob.tier_id}": {"req-b1"},
+        "model=claude": {"req-a2"},
+        "provider_slug=moonshot-alice": {"req-a1"},
+        "status__exact=upstream_error": {"req-a2"},
+        "wire_format=openai-chat": {"req-a1", "req-b1"},
+        f"week={this_week().id}": {"req-a1", "req-a2"},
+        f"week={week_of(timezone.now() - timedelta(weeks=3)).id}": {"req-b1"},
+        f"tenant__id__exact={alice.pk}&status__exact=ok": {"req-a1"},
+    }
+    for query, ids in cases.items():
+        text = page(ops, f"{LEDGER}?{query}")
+        assert listed(text) == ids, query
+        assert totals(text) == expected(*sorted(ids)), query
+
+
+def test_it_totals_every_page_of_the_filtered_set_not_only_the_one_shown(
+    ops: Client, ledger: dict[str, Tenant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usage.admin import UsageRecordAdmin
+
+    monkeypatch.setattr(UsageRecordAdmin, "list_per_page", 1)
+    text = page(ops, LEDGER)
+    assert len(listed(text)) == 1
+    assert totals(text) == expected("req-a1", "req-a2", "req-b1")
+    assert totals(text)["cost_usd"] == "$0.501000124"
+
+
+def test_it_totals_a_search_and_an_empty_set(ops: Client, ledger: dict[str, Tenant]) -> None:
+    assert totals(page(ops, f"{LEDGER}?q=upstream_unavailable")) == expected("req-a2")
+    nothing = totals(page(ops, f"{LEDGER}?q=no-such-request"))
+    assert nothing["requests"] == "0" and nothing["cost_usd"] == "$0.00"
+
+
+def test_it_shows_a_sub_cent_cost_to_the_nano_dollar(
+    ops: Client, ledger: dict[str, Tenant]
+) -> None:
+    failed = UsageRecord.objects.get(request_id="req-a2")
+    text = page(ops, f"{LEDGER}?model=claude")
+    assert "$0.000000123" in text  # the row's cost
+    assert totals(text)["cost_usd"] == "$0.000000123"
+    assert "$0.00<" not in text
+    assert "$0.000000123" in page(ops, f"{LEDGER}{failed.pk}/change/")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("0.000000123", "$0.000000123"),
+        ("0.004", "$0.004"),
+        ("0", "$0.00"),
+        ("1.5", "$1.50"),
+        ("10", "$10.00"),
+        ("1234.567000000", "$1,234.567"),
+        ("0.0000000004", "$0.00"),  # below a nano-dollar, which the ledger never holds
+    ],
+)
+def test_it_formats_costs_exactly_but_readably(value: str, text: str) -> None:
+    assert usd(Decimal(value)) == text
+
+
+def test_it_shows_the_error_detail_of_a_failed_request(
+    ops: Client, ledger: dict[str, Tenant]
+) -> None:
+    failed = UsageRecord.objects.get(request_id="req-a2")
+    listing = page(ops, f"{LEDGER}?status__exact=upstream_error")
+    assert "upstream_unavailable: The provider answered 502 Bad Gateway." in listing
+    assert ">502<" in listing
+    detail = page(ops, f"{LEDGER}{failed.pk}/change/")
+    for shown in ("upstream_unavailable", "The provider answered 502 Bad Gateway.", "502"):
+        assert shown in detail
+
+
+def test_it_shows_time_to_first_token_and_the_downgrade(
+    ops: Client, ledger: dict[str, Tenant]
+) -> None:
+    downgraded = UsageRecord.objects.get(request_id="req-b1")
+    listing = page(ops, f"{LEDGER}?tenant__id__exact={ledger['bob'].pk}")
+    assert ">321<" in listing and ">big-model<" in listing
+    detail = page(ops, f"{LEDGER}{downgraded.pk}/change/")
+    assert "321" in detail and "big-model" in detail
+
+
+def test_it_filters_by_tenant_with_an_autocomplete_that_keeps_the_other_filters(
+    ops: Client, ledger: dict[str, Tenant]
+) -> None:
+    alice = ledger["alice"]
+    text = page(ops, f"{LEDGER}?status__exact=ok&tenant__id__exact={alice.pk}")
+    form = text[text.index('id="usage-tenant-filter"') :]
+    form = form[: form.index("</form>")]
+    assert 'class="admin-autocomplete' in form and 'data-field-name="tenant"' in form
+    assert 'name="tenant__id__exact"' in form
+    assert f'<option value="{alice.pk}" selected>alice</option>' in form  # only the chosen one
+    assert "bob" not in form  # no list of every tenant
+    assert '<input type="hidden" name="status__exact" value="ok">' in form
+    assert "admin/js/autocomplete.js" in text
+    # The autocomplete itself searches the tenants, as the admin's own does.
+    found = ops.get(
+        "/admin/autocomplete/",
+        {"app_label": "usage", "model_name": "usagerecord", "field_name": "tenant", "term": "bo"},
+    ).json()
+    assert [r["text"] for r in found["results"]] == ["bob"]
+
+
+def test_it_offers_recent_weeks_and_recent_values_without_scanning_the_whole_ledger(
+    ops: Client, ledger: dict[str, Tenant]
+) -> None:
+    old = timezone.now() - timedelta(weeks=20)
+    entry(ledger["bob"], "req-old", when=old, model="retired-model")
+    text = page(ops, LEDGER)
+    assert f"{this_week().id} (this week)" in text
+    assert "?model=claude" in text
+    assert "?model=retired-model" not in text  # older than the filter looks
+    chosen = page(ops, f"{LEDGER}?model=retired-model")  # an old link still filters
+    assert ">req-old<" in chosen and listed(chosen) == set()
+    assert "?model=retired-model" in chosen
+    assert page(ops, f"{LEDGER}?week={week_of(old).id}").count(">req-old<") == 1

@@ -12,9 +12,10 @@ import io
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -23,14 +24,14 @@ from django.core.management.base import CommandError
 
 from tenants.models import Tenant, Tier
 from tenants.services import tenant_create, tier_create
-from usage.models import UsageRecord
+from usage.models import UsageRecord, WeekReset
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db]
 
 WEEK_ID = "2026-11-23"
 NUMBERS = ("requests", "input_tokens", "output_tokens", "total_tokens")
 BY = ("tenant", "tier", "model", "provider")
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "html")
 
 
 @dataclass(frozen=True)
@@ -138,22 +139,97 @@ def report(*args: str) -> str:
     return out.getvalue()
 
 
-def parsed(text: str, fmt: str) -> dict[str, dict[str, str]]:
-    """The report's rows, by group, as strings (whatever the format)."""
+TOTAL = "(total)"
+
+
+def parsed_all(text: str, fmt: str) -> dict[str, dict[str, str]]:
+    """The report's rows, by group, as strings (whatever the format), the totals row as
+    group "(total)"."""
     if fmt == "json":
-        rows = json.loads(text)["rows"]
+        data = json.loads(text)
+        rows = [*data["rows"], {"group": TOTAL, **data["totals"]}]
         return {r["group"]: {k: ("" if v is None else str(v)) for k, v in r.items()} for r in rows}
     if fmt == "csv":
         return {r["group"]: r for r in csv.DictReader(io.StringIO(text))}
-    lines = [line for line in text.splitlines() if line.strip()]
+    if fmt == "html":
+        return html_report(text).table
+    # The table: a header, the rows, a rule of dashes, the totals row. Empty cells (a tenant
+    # without a cap) are runs of spaces, so cells are cut where the rule's dashes say.
+    lines = [line for line in text.splitlines() if line.strip() and set(line) != {"-", " "}]
     header_at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["group"])
     columns = lines[header_at].split()
+    rule = next(line for line in text.splitlines() if line.startswith("---"))
+    widths = [len(dashes) for dashes in rule.split("  ")]
+    starts = [sum(widths[:i]) + 2 * i for i in range(len(widths))]
     result = {}
     for line in lines[header_at + 1 :]:
-        cells = line.split()
-        assert len(cells) == len(columns), f"table row {line!r} does not fit {columns}"
+        cells = [line[a : a + w].strip() for a, w in zip(starts, widths, strict=True)]
+        assert len(line) <= starts[-1] + widths[-1], f"table row {line!r} overflows"
         result[cells[0]] = dict(zip(columns, cells, strict=True))
     return result
+
+
+def parsed(text: str, fmt: str) -> dict[str, dict[str, str]]:
+    """The report's rows by group, without the totals row."""
+    return {g: r for g, r in parsed_all(text, fmt).items() if g != TOTAL}
+
+
+@dataclass
+class HtmlReport:
+    """What a person sees on the HTML page: its table (rows by group, commas dropped from
+    the numbers) and the bars of each chart (group -> the number the bar stands for)."""
+
+    table: dict[str, dict[str, str]] = field(default_factory=dict)
+    charts: dict[str, dict[str, str]] = field(default_factory=dict)
+    tags: set[str] = field(default_factory=set)
+    links: list[str] = field(default_factory=list)  # every src/href/xlink:href attribute
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.report = HtmlReport()
+        self.columns: list[str] = []
+        self.row: list[str] | None = None
+        self.cell: list[str] | None = None
+        self.chart = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.report.tags.add(tag)
+        values = dict(attrs)
+        self.report.links += [v or "" for k, v in attrs if k in ("src", "href", "xlink:href")]
+        if tag == "tr":
+            self.row = []
+        elif tag in ("td", "th"):
+            self.cell = []
+        elif tag == "svg":
+            self.chart = values.get("data-chart") or ""
+            self.report.charts[self.chart] = {}
+        elif tag == "g" and "data-group" in values:
+            self.report.charts[self.chart][values["data-group"] or ""] = values["data-value"] or ""
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None and self.row is not None:
+            self.row.append("".join(self.cell).strip())
+            self.cell = None
+        elif tag == "tr" and self.row is not None:
+            if not self.columns:
+                self.columns = self.row
+            else:
+                cells = [c.replace(",", "") for c in self.row]
+                self.report.table[self.row[0]] = dict(zip(self.columns, cells, strict=True))
+            self.row = None
+
+
+def html_report(text: str) -> HtmlReport:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page.report
 
 
 def assert_totals(got: dict[str, dict[str, str]], want: dict[str, dict[str, Any]]) -> None:
@@ -312,3 +388,158 @@ def test_it_refuses_bad_arguments_with_a_clear_error(
 ) -> None:
     with pytest.raises(CommandError, match=re.escape(message)):
         report(*args)
+
+
+# --- the totals row, fixed precision, cap use net of resets, the HTML page -----------------
+
+
+def grand_total(rows: list[Row]) -> dict[str, Any]:
+    return {
+        "requests": len(rows),
+        "input_tokens": sum(r.input_tokens for r in rows),
+        "output_tokens": sum(r.output_tokens for r in rows),
+        "total_tokens": sum(r.input_tokens + r.output_tokens for r in rows),
+        "cost_usd": sum((r.cost_usd for r in rows), Decimal(0)),
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("by", BY)
+def test_it_ends_every_format_with_a_totals_row(
+    ledger: dict[str, Tenant], by: str, fmt: str
+) -> None:
+    got = parsed_all(report("--week", "2026-W48", "--by", by, "--format", fmt), fmt)
+    assert_totals({TOTAL: got[TOTAL]}, {TOTAL: grand_total(IN_WEEK)})
+    assert got[TOTAL]["cost_usd"] == "0.181123466"
+
+
+def test_it_totals_a_range_in_json_even_when_empty(ledger: dict[str, Tenant]) -> None:
+    data = json.loads(report("--week", "2026-W50", "--format", "json"))
+    assert data["totals"]["requests"] == 0
+    assert data["totals"]["cost_usd"] == "0.000000000"  # fixed precision, even for nothing
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_it_shows_every_cost_at_nine_decimals(ledger: dict[str, Tenant], fmt: str) -> None:
+    # Bob's three cents and a half of a cent: at nine decimals, with the trailing zeros.
+    Tier.objects.filter(slug="max").update(weekly_cost_cap_usd=Decimal("0.5"))
+    UsageRecord.objects.filter(request_id="req-4").update(cost_usd=Decimal("0.2"))
+    got = parsed_all(report("--week", "2026-W48", "--format", fmt), fmt)
+    nine = re.compile(r"^\d+\.\d{9}$")
+    for group, values in got.items():
+        for name in ("cost_usd", "forgiven_cost_usd", "cost_cap_usd"):
+            if values.get(name):
+                assert nine.match(values[name]), (group, name, values[name])
+    assert got["bob"]["cost_usd"] == "0.226000006"
+    assert got["bob"]["cost_cap_usd"] == "0.500000000"
+    assert got["alice"]["cost_cap_usd"] == "0.010000000"
+    assert got["alice"]["forgiven_cost_usd"] == "0.000000000"
+
+
+# Alice's resets this week forgave 1,468 tokens and $0.003123460 of her 2,468 and
+# $0.005123460: net, 1,000 of 10,000 tokens (10 %) and $0.002 of $0.01 (20 %). A reset in
+# another week forgives nothing here.
+FORGIVEN = [(1000, "0.003000000"), (468, "0.000123460")]
+
+
+@pytest.fixture
+def resets(ledger: dict[str, Tenant]) -> None:
+    alice = ledger["alice"]
+    for tokens, cost in FORGIVEN:
+        WeekReset.objects.create(tenant=alice, week=WEEK_ID, tokens=tokens, cost_usd=cost)
+    WeekReset.objects.create(tenant=alice, week="2026-11-16", tokens=99, cost_usd="0.5")
+
+
+@pytest.mark.usefixtures("resets")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_it_reports_cap_use_net_of_staff_resets(ledger: dict[str, Tenant], fmt: str) -> None:
+    totals = expected_totals(IN_WEEK, "tenant")["alice"]
+    forgiven_tokens = sum(t for t, _ in FORGIVEN)
+    forgiven_cost = sum((Decimal(c) for _, c in FORGIVEN), Decimal(0))
+    net_tokens = totals["total_tokens"] - forgiven_tokens
+    net_cost = totals["cost_usd"] - forgiven_cost
+    assert (net_tokens, net_cost) == (1000, Decimal("0.002"))  # what the comment says
+
+    got = parsed_all(report("--week", "2026-W48", "--format", fmt), fmt)
+    alice, bob = got["alice"], got["bob"]
+    assert int(alice["total_tokens"]) == totals["total_tokens"]  # the ledger is as it was
+    assert int(alice["forgiven_tokens"]) == forgiven_tokens
+    assert Decimal(alice["forgiven_cost_usd"]) == forgiven_cost
+    assert float(alice["token_cap_used_pct"]) == 100 * net_tokens / TOKEN_CAP["auto"] == 10.0
+    assert float(alice["cost_cap_used_pct"]) == float(100 * net_cost / COST_CAP["auto"]) == 20.0
+    assert int(alice["token_cap"]) == 10_000
+    # Bob had no reset: his use is gross, as before.
+    assert float(bob["token_cap_used_pct"]) == CAP_PERCENT["bob"]["token_cap_used_pct"]
+    assert int(bob["forgiven_tokens"]) == 0
+    # The totals row adds up the forgiven amounts, and leaves the per-tenant caps empty.
+    assert int(got[TOTAL]["forgiven_tokens"]) == forgiven_tokens
+    assert got[TOTAL]["token_cap"] == got[TOTAL]["token_cap_used_pct"] == ""
+
+
+@pytest.mark.usefixtures("resets")
+def test_it_leaves_resets_out_of_a_date_range(ledger: dict[str, Tenant]) -> None:
+    # Caps are weekly: a range has no cap use, and nothing to net.
+    rows = json.loads(report("--from", "2026-11-23", "--to", "2026-11-29", "--format", "json"))
+    assert all("forgiven_tokens" not in row for row in rows["rows"])
+
+
+def test_it_never_reports_negative_cap_use(ledger: dict[str, Tenant]) -> None:
+    WeekReset.objects.create(tenant=ledger["bob"], week=WEEK_ID, tokens=10**9, cost_usd="9")
+    row = parsed(report("--week", "2026-W48", "--format", "csv"), "csv")["bob"]
+    assert (row["token_cap_used_pct"], row["cost_cap_used_pct"]) == ("0.0", "0.0")
+
+
+@pytest.mark.usefixtures("resets")
+@pytest.mark.parametrize("by", BY)
+def test_it_renders_a_standalone_html_page_with_the_same_numbers(
+    ledger: dict[str, Tenant], by: str
+) -> None:
+    text = report("--week", "2026-W48", "--by", by, "--format", "html")
+    page = html_report(text)
+    csv_rows = parsed_all(report("--week", "2026-W48", "--by", by, "--format", "csv"), "csv")
+    assert page.table == csv_rows  # every number of the CSV, the totals row included
+    assert_totals(parsed(text, "html"), expected_totals(IN_WEEK, by))
+    # Bars: one per group, standing for that group's tokens and cost.
+    want = expected_totals(IN_WEEK, by)
+    assert page.charts["tokens"] == {g: str(t["total_tokens"]) for g, t in want.items()}
+    assert {g: Decimal(v) for g, v in page.charts["cost"].items()} == {
+        g: t["cost_usd"] for g, t in want.items()
+    }
+    if by == "tenant":  # the caps chart: each tenant's use, net of resets
+        assert page.charts["caps"] == {
+            "alice tokens": "10.0",
+            "alice cost": "20.0",
+            "bob tokens": "55.0",
+            "bob cost": "17.6",
+        }
+    else:
+        assert "caps" not in page.charts
+    # Standalone: no script, stylesheet, image or font fetched from anywhere.
+    assert page.links == []
+    assert not page.tags & {"script", "link", "img", "iframe", "object", "embed"}
+    assert "url(" not in text and "@import" not in text
+    assert text.lstrip().startswith("<!DOCTYPE html>")
+
+
+def test_it_draws_bars_to_scale(ledger: dict[str, Tenant]) -> None:
+    text = report("--week", "2026-W48", "--format", "html")
+    widths: dict[str, float] = {}
+    chart = text[text.index('data-chart="cost"') :]
+    chart = chart[: chart.index("</svg>")]
+    for group, body in re.findall(r'data-group="(\w+)"[^>]*>(.*?)</g>', chart, re.S):
+        widths[group] = sum(float(w) for w in re.findall(r'<rect [^>]*width="([\d.]+)"', body))
+    totals = expected_totals(IN_WEEK, "tenant")
+    ratio = float(totals["alice"]["cost_usd"] / totals["bob"]["cost_usd"])
+    assert widths["alice"] / widths["bob"] == pytest.approx(ratio, abs=0.01)
+
+
+def test_it_escapes_what_the_ledger_holds_on_the_html_page(ledger: dict[str, Tenant]) -> None:
+    UsageRecord.objects.filter(request_id="req-0").update(model="<script>alert(1)</script>")
+    text = report("--week", "2026-W48", "--by", "model", "--format", "html")
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_it_says_so_when_the_html_period_is_empty(ledger: dict[str, Tenant]) -> None:
+    page = html_report(report("--week", "2026-W50", "--format", "html"))
+    assert page.table == {} and page.charts == {}

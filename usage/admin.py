@@ -9,27 +9,46 @@ each staff action writes one entry in the admin's log for each tenant it changed
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.models import LogEntry
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.contrib.auth.models import User
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.forms.formsets import BaseFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from core.adminutils import adopt, form_changes
 from tenants import services as tenant_services
 from tenants.models import Tenant, Tier
-from usage.models import UsageRecord, WeekReset
-from usage.selectors import WeekUsage, tenants_week_usage
+from usage.models import AlertEvent, UsageRecord, WeekReset
+from usage.selectors import WeekUsage, records_totals, tenants_week_usage
 from usage.services import tenant_week_reset
 from usage.weeks import week_of
+
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
+
+
+_NANO = Decimal("0.000000001")
+
+
+def usd(value: Decimal) -> str:
+    """A cost as exactly as the ledger knows it (to the nano-dollar), never rounded to a
+    cent: "$0.000000123", "$1.50", "$1,234.567". A sub-cent cost shown as $0.00 would be
+    false, and most of a gateway's requests cost less than a cent."""
+    exact = value.quantize(_NANO)
+    sign, digits = ("-", -exact) if exact < 0 else ("", exact)
+    whole, _, fraction = f"{digits:,.9f}".partition(".")
+    return f"{sign}${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def _percent(used: float, cap: float | None) -> str:
@@ -42,7 +61,7 @@ def _usage_text(tenant: Tenant, usage: WeekUsage | None) -> str:
     token_cap, cost_cap = tenant.weekly_token_cap, tenant.weekly_cost_cap_usd
     tokens = f"{usage.tokens:,} / {token_cap:,} tokens" if token_cap else f"{usage.tokens:,} tokens"
     tokens += _percent(usage.tokens, token_cap)
-    cost = f"${usage.cost_usd:.2f}" + (f" / ${cost_cap:.2f}" if cost_cap else "")
+    cost = usd(usage.cost_usd) + (f" / {usd(cost_cap)}" if cost_cap else "")
     cost += _percent(float(usage.cost_usd), float(cost_cap) if cost_cap else None)
     source = "" if usage.live else " (from the ledger: counters not live)"
     return f"{tokens}; {cost}{source}"
@@ -194,9 +213,139 @@ class ReadOnlyAdmin(admin.ModelAdmin[M]):
         return False
 
 
+class TenantFilter(admin.FieldListFilter):
+    """Filter by tenant with the admin's autocomplete (it searches the tenant admin's
+    search fields): a list of every tenant, as the stock related filter shows, does not
+    scale to thousands of tenants, and neither does a DISTINCT over the ledger."""
+
+    template = "admin/usage/usagerecord/tenant_filter.html"
+
+    def __init__(
+        self,
+        field: Any,
+        request: HttpRequest,
+        params: dict[str, Any],
+        model: type[models.Model],
+        model_admin: admin.ModelAdmin[Any],
+        field_path: str,
+    ) -> None:
+        self.lookup_kwarg = f"{field_path}__id__exact"
+        self.admin_site = model_admin.admin_site
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.title = "tenant"
+        self.selected: Tenant | None = None
+        # Django 5 passes each parameter's values as a list (its stubs still say one string).
+        values = cast(list[str], self.used_parameters.get(self.lookup_kwarg) or [])
+        if values and values[-1].isdigit():
+            self.selected = Tenant.objects.filter(pk=int(values[-1])).first()
+
+    def expected_parameters(self) -> list[str | None]:
+        return [self.lookup_kwarg]
+
+    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
+        # The form keeps every other filter, the search and the ordering as they are.
+        self.hidden = [
+            (name, value)
+            for name, values in changelist.filter_params.items()
+            if name != self.lookup_kwarg
+            for value in values
+        ]
+        widget = AutocompleteSelect(self.field, self.admin_site, attrs={"style": "width: 100%"})
+        self.select = forms.ModelChoiceField(
+            queryset=Tenant.objects.all(), widget=widget, required=False
+        ).widget.render(self.lookup_kwarg, self.selected.pk if self.selected else None)
+        yield {
+            "selected": self.selected is None,
+            "query_string": changelist.get_query_string(remove=[self.lookup_kwarg]),
+            "display": "All",
+        }
+        if self.selected is not None:
+            yield {
+                "selected": True,
+                "query_string": changelist.get_query_string({self.lookup_kwarg: self.selected.pk}),
+                "display": str(self.selected),
+            }
+
+    @classmethod
+    def media(cls, admin_site: admin.AdminSite) -> forms.Media:
+        field = UsageRecord._meta.get_field("tenant")
+        return AutocompleteSelect(field, admin_site).media
+
+
+class RecentValuesFilter(admin.AllValuesFieldListFilter):
+    """The stock filter by every distinct value, over the last few weeks of the ledger only
+    (created_at is indexed): a DISTINCT over the whole ledger on every page load does not
+    scale. A value chosen from an older link still filters, and is still listed."""
+
+    recent = timedelta(weeks=8)
+
+    def __init__(
+        self,
+        field: Any,
+        request: HttpRequest,
+        params: dict[str, Any],
+        model: type[models.Model],
+        model_admin: admin.ModelAdmin[Any],
+        field_path: str,
+    ) -> None:
+        super().__init__(field, request, params, model, model_admin, field_path)
+        since = timezone.now() - self.recent
+        recent = (
+            model_admin.get_queryset(request)
+            .filter(created_at__gte=since)
+            .order_by(field.name)
+            .values_list(field.name, flat=True)
+            .distinct()
+        )
+        chosen = [v for v in cast(list[str] | None, self.lookup_val) or [] if v]
+        self.lookup_choices = cast(Any, sorted({*recent, *chosen}))
+
+
+class WeekFilter(admin.SimpleListFilter):
+    """The usage week (the ledger's own week column, which caps and resets use): the last
+    twelve, newest first, computed from the calendar rather than read from the ledger."""
+
+    title = "week"
+    parameter_name = "week"
+    shown = 12
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        week = week_of(timezone.now())
+        choices = []
+        for index in range(self.shown):
+            label = {0: " (this week)", 1: " (last week)"}.get(index, "")
+            choices.append((week.id, f"{week.id}{label}"))
+            week = week_of(week.start - timedelta(days=1))
+        chosen = self.value()
+        if chosen and chosen not in dict(choices):
+            choices.append((chosen, chosen))
+        return choices
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord]
+    ) -> QuerySet[UsageRecord]:
+        chosen = self.value()
+        return queryset.filter(week=chosen) if chosen else queryset
+
+
+_TOTALS = [
+    ("requests", "requests"),
+    ("errors", "errors"),
+    ("input_tokens", "input tokens"),
+    ("cache_read_tokens", "cache read"),
+    ("cache_write_tokens", "cache write"),
+    ("output_tokens", "output tokens"),
+    ("reasoning_tokens", "reasoning"),
+    ("total_tokens", "total tokens"),
+]
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
-    """The ledger is append-only: staff read it here, nobody edits it."""
+    """The ledger is append-only: staff read it here, nobody edits it. The list shows the
+    totals of whatever it is filtered to (templates/admin/usage/usagerecord/change_list.html)."""
 
     list_display = (
         "created_at",
@@ -205,24 +354,151 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
         "model",
         "provider_slug",
         "wire_format",
+        "status",
+        "http_status",
         "input_tokens",
         "cache_read_tokens",
         "cache_write_tokens",
         "output_tokens",
-        "cost_usd",
-        "status",
+        "reasoning_tokens",
+        "cost",
         "latency_ms",
+        "ttft_ms",
+        "downgraded_from",
+        "error",
     )
-    list_filter = ("status", "usage_invalid", "tier", "provider_slug", "wire_format", "stream")
-    search_fields = ("request_id", "tenant__slug", "model")
+    list_filter = (
+        ("tenant", TenantFilter),
+        "tier",
+        ("model", RecentValuesFilter),
+        ("provider_slug", RecentValuesFilter),
+        "status",
+        ("wire_format", RecentValuesFilter),
+        WeekFilter,
+        "usage_invalid",
+        "stream",
+    )
+    search_fields = ("request_id", "tenant__slug", "model", "error_code")
     date_hierarchy = "created_at"
     list_select_related = ("tenant",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "request_id",
+                    "created_at",
+                    "week",
+                    "tenant",
+                    "tier",
+                    "wire_format",
+                    "stream",
+                )
+            },
+        ),
+        (
+            "Route",
+            {
+                "fields": (
+                    "model",
+                    "downgraded_from",
+                    "route",
+                    "provider_slug",
+                    "upstream_model",
+                    "provider_key",
+                )
+            },
+        ),
+        (
+            "Outcome",
+            {
+                "fields": (
+                    "status",
+                    "http_status",
+                    "error_code",
+                    "error_message",
+                    "attempts",
+                    "latency_ms",
+                    "ttft_ms",
+                )
+            },
+        ),
+        (
+            "Usage",
+            {
+                "fields": (
+                    "input_tokens",
+                    "cache_read_tokens",
+                    "cache_write_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                    "cost",
+                    "usage_reported",
+                    "usage_invalid",
+                    "counted",
+                )
+            },
+        ),
+    )
+    readonly_fields = ("cost",)
+
+    @property
+    def media(self) -> forms.Media:
+        return super().media + TenantFilter.media(self.admin_site)
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, record: UsageRecord) -> str:
+        return usd(record.cost_usd)
+
+    @admin.display(description="error", ordering="error_code")
+    def error(self, record: UsageRecord) -> str:
+        # What the client was told, after the code that names its kind.
+        return ": ".join(part for part in (record.error_code, record.error_message) if part)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        # The totals of the filtered set (every page of it), computed once the change list
+        # has applied the filters, the search and the date drill-down.
+        context = getattr(response, "context_data", None)
+        if isinstance(context, dict) and isinstance(context.get("cl"), ChangeList):
+            totals = records_totals(records=context["cl"].queryset)
+            context["totals"] = [
+                (key, label, f"{getattr(totals, key):,}") for key, label in _TOTALS
+            ] + [("cost_usd", "cost", usd(totals.cost_usd))]
+        return response
 
 
 @admin.register(WeekReset)
 class WeekResetAdmin(ReadOnlyAdmin[WeekReset]):
     """The audit trail of forgiven weeks (made with the tenant admin's reset action)."""
 
-    list_display = ("created_at", "tenant", "week", "tokens", "cost_usd", "created_by")
+    list_display = ("created_at", "tenant", "week", "tokens", "cost", "created_by")
     list_filter = ("week",)
     search_fields = ("tenant__slug",)
+
+    @admin.display(description="cost forgiven", ordering="cost_usd")
+    def cost(self, reset: WeekReset) -> str:
+        return usd(reset.cost_usd)
+
+
+@admin.register(AlertEvent)
+class AlertEventAdmin(ReadOnlyAdmin[AlertEvent]):
+    """Spend alerts as they fired (usage/alerts.py), with their webhook delivery state."""
+
+    list_display = (
+        "created_at",
+        "tenant",
+        "tier",
+        "week",
+        "kind",
+        "threshold",
+        "summary",
+        "delivered_at",
+        "attempts",
+        "last_error",
+    )
+    list_filter = ("kind", "threshold", "week", ("delivered_at", admin.EmptyFieldListFilter))
+    search_fields = ("tenant__slug", "event_id")
+    list_select_related = ("tenant", "tier")

@@ -6,3 +6,13 @@ from django.apps import AppConfig
 class UsageConfig(AppConfig):
     name = "usage"
     verbose_name = "Usage"
+
+    def ready(self) -> None:
+        from core.signals import config_changed
+        from usage import alerts
+        from usage.signals import bill_settled
+
+        # Spend alerts check their thresholds after every settlement; a configuration
+        # change drops this process's cached thresholds and caps at once.
+        bill_settled.connect(alerts.on_bill_settled, dispatch_uid="usage-spend-alerts")
+        config_changed.connect(alerts.plans.invalidate, dispatch_uid="usage-alert-plans")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 
@@ -114,3 +116,61 @@ class WeekReset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.week}"
+
+
+_NANOS = Decimal(1_000_000_000)
+
+
+class AlertEvent(models.Model):
+    """A spend alert: a tenant's usage this week reached one of its tier's thresholds.
+
+    Written by the alert delivery worker (usage/alerts.py) from the Redis outbox, once per
+    event id (one per tenant, week, kind and threshold); the webhook delivery's progress is
+    kept on the row (``attempts``, ``delivered_at``, ``last_error``).
+    """
+
+    class Kind(models.TextChoices):
+        TOKENS = "tokens", "Tokens"
+        COST = "cost", "Cost"
+
+    event_id = models.CharField(
+        max_length=100, unique=True, help_text="The webhook-id: stable across retries."
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_events")
+    tier = models.ForeignKey(Tier, on_delete=models.SET_NULL, null=True, related_name="+")
+    week = models.CharField(max_length=10, help_text="The usage week (its start date).")
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the weekly cap.")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    used = models.PositiveBigIntegerField(
+        help_text="The week's usage when the threshold was reached: tokens, or nano-dollars."
+    )
+    cap = models.PositiveBigIntegerField(help_text="The weekly cap: tokens, or nano-dollars.")
+    created_at = models.DateTimeField(db_index=True, help_text="When it was reached.")
+    delivered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the webhook answered 2xx; empty: not (yet)."
+    )
+    attempts = models.PositiveIntegerField(default=0, help_text="Webhook deliveries tried.")
+    last_error = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "week"], name="alert_tenant_week")]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+    @property
+    def percent_used(self) -> float:
+        return 100 * self.used / self.cap if self.cap else 0.0
+
+    @property
+    def summary(self) -> str:
+        """One line for a notice: what was reached, in the kind's unit."""
+        if self.kind == self.Kind.COST:
+            # Exact: nano-dollars as decimals, to the cent's hundredth (the caps' precision).
+            used = f"${Decimal(self.used) / _NANOS:,.4f}"
+            cap = f"${Decimal(self.cap) / _NANOS:,.4f}"
+            what = "cost"
+        else:
+            used, cap, what = f"{self.used:,}", f"{self.cap:,} tokens", "token"
+        return f"{self.threshold}% of the weekly {what} cap reached ({used} of {cap})"

@@ -7,6 +7,7 @@ from decimal import Decimal
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from audit.services import audit_action
 from tenants.models import Tenant
 from usage import counters
 from usage.bill import NANOS
@@ -30,14 +31,19 @@ def tenant_week_reset(*, tenant: Tenant, by: User | None = None) -> WeekReset:
     recorded (who, when, how much) and the counters are rebuilt net of it."""
     week = week_of(timezone.now())
     client = counters.sync_client()
-    drain_tenant(client, tenant.pk)
-    tokens, nanos = week_usage(tenant_id=tenant.pk, week=week, include_uncounted=True)
-    reset = WeekReset.objects.create(
-        tenant=tenant,
-        week=week.id,
-        tokens=max(0, tokens),
-        cost_usd=Decimal(max(0, nanos)) / NANOS,
-        created_by=by,
-    )
+    # One named audit row, whoever calls (a caller's own audit_action merges with it).
+    with audit_action("tenant.week_reset", target=tenant) as audited:
+        drain_tenant(client, tenant.pk)
+        tokens, nanos = week_usage(tenant_id=tenant.pk, week=week, include_uncounted=True)
+        reset = WeekReset.objects.create(
+            tenant=tenant,
+            week=week.id,
+            tokens=max(0, tokens),
+            cost_usd=Decimal(max(0, nanos)) / NANOS,
+            created_by=by,
+        )
+        audited.changes.setdefault("week", [None, week.id])
+        audited.changes.setdefault("forgiven_tokens", [None, reset.tokens])
+        audited.changes.setdefault("forgiven_cost_usd", [None, str(reset.cost_usd)])
     seed_week(client, tenant_id=tenant.pk, week=week, force=True)
     return reset

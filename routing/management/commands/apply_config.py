@@ -17,13 +17,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path, help="The TOML configuration file.")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Validate and print what would change, writing nothing.",
+        )
 
-    def handle(self, *args: Any, file: Path, **options: Any) -> None:
+    def handle(self, *args: Any, file: Path, dry_run: bool = False, **options: Any) -> None:
         try:
-            report = config_apply(data=load(file, environ=os.environ), environ=os.environ)
+            report = config_apply(
+                data=load(file, environ=os.environ), environ=os.environ, dry_run=dry_run
+            )
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         for line in report.changes:
             self.stdout.write(line)
         summary = f"{len(report.changes)} change(s)" if report.changes else "no changes"
+        if dry_run:
+            # The same lines as a real run: only the summary says nothing was written.
+            summary = f"dry run, {summary} would be made; nothing was written"
         self.stdout.write(self.style.SUCCESS(f"{file}: {summary}."))

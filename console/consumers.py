@@ -1,0 +1,51 @@
+"""The dashboard's live feed: a WebSocket per open dashboard, in the group every settled
+request is announced to (console/live.py), on whichever process served it: the channel layer
+carries it across processes (Redis publish/subscribe when REDIS_URL is set)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+GROUP = "console.dashboard"
+# Closing before accepting refuses the handshake (HTTP 403); this code is for a socket that
+# was accepted, should a later check refuse it.
+REFUSED = 4403
+
+
+def is_staff(user: Any) -> bool:
+    return bool(
+        user is not None
+        and getattr(user, "is_authenticated", False)
+        and getattr(user, "is_active", False)
+        and getattr(user, "is_staff", False)
+    )
+
+
+class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # untyped base
+    """Sends each ``usage.settled`` event of the group to the browser, as it came."""
+
+    groups: list[str] = []  # joined in connect(), once the user is known to be staff
+
+    async def connect(self) -> None:
+        # scope["user"] is the admin session's user (AuthMiddlewareStack), read once: the
+        # admin's pages check each request, a socket only its handshake.
+        if not is_staff(self.scope.get("user")):
+            await self.close()
+            return
+        await self.channel_layer.group_add(GROUP, self.channel_name)
+        self.joined = True
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "joined", False):
+            await self.channel_layer.group_discard(GROUP, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        # The feed is one-way; a client's message is ignored (a "ping" keeps proxies happy).
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+
+    async def usage_settled(self, event: dict[str, Any]) -> None:
+        await self.send_json(event)
