@@ -241,6 +241,39 @@ if PROXY_ALERT_WEBHOOK_URL and not PROXY_ALERT_WEBHOOK_SECRET.startswith("whsec_
         'a "whsec_" secret when PROXY_ALERT_WEBHOOK_URL is set',
     )
 PROXY_ANTHROPIC_VERSION = env_str("PROXY_ANTHROPIC_VERSION", "2023-06-01")
+
+# --- The provisioning API (/api/v1/, the api app) and observability -------------------------
+# Platform credentials: a service JWT signed by a JWT_JWKS key with this audience (never a
+# tenant's: theirs is JWT_AUDIENCE) and a `scope` claim ("read", "write"), or a staff API
+# token made in the admin (stored hashed).
+PROXY_API_AUDIENCE = env_str("PROXY_API_AUDIENCE", "llm-proxy-api")
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.PlatformAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.PlatformScope"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "llm-proxy provisioning API",
+    "DESCRIPTION": "Tenants, tokens, tiers, routes and usage, for the platform's own code.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page's assets come from the installed sidecar package, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+# /metrics (Prometheus): open to a bearer token when one is set, else to these networks.
+PROXY_METRICS_TOKEN = env_str("PROXY_METRICS_TOKEN")
+PROXY_METRICS_NETWORKS = env_list("PROXY_METRICS_NETWORKS", ["127.0.0.1/32", "::1/128"])
+# A tenant label on the request metrics: one series per tenant, so only when asked for.
+PROXY_METRICS_TENANT_LABEL = env_bool("PROXY_METRICS_TENANT_LABEL", False)
+# prometheus_client's multiprocess mode: every process of a host writes its samples here
+# and /metrics reads them all. Set before anything imports prometheus_client.
+PROMETHEUS_MULTIPROC_DIR = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus")
+)
 # The `anthropic-beta` features an Anthropic client may ask of an Anthropic route
 # (comma-separated); unset, every beta the client names is forwarded (Claude Code sends
 # several, and new ones every month). A beta not listed is dropped from the header.
@@ -304,6 +337,10 @@ INSTALLED_APPS = [
     "usage",
     "devtools",
     "console",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "api",
 ]
 
 # The admin's stack. The proxy API (/v1/) is served by a separate handler with only the
@@ -379,11 +416,23 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+# plain: for people (development); json: one object per line, for a log pipeline.
+LOG_FORMAT = env_choice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "core.logs.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s"},
+        "json": {"()": "core.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # httpx logs every request URL at INFO: quiet unless DEBUG is asked for.

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, cast
 
@@ -33,6 +34,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
+from core import logs
 from core.decoding import aread_capped, decoded
 from core.errors import ProxyError
 from routing.codecs.base import Call, ClientCodec, StreamTranslator, Usage
@@ -40,7 +42,7 @@ from routing.context import Route, TenantContext, aauthenticate, model_not_found
 from routing.redaction import redact_error
 from routing.sse import SSEParser
 from routing.upstream import Attempt, Opened, aopen
-from usage.bill import Bill, Tokens
+from usage.bill import NANOS, Bill, Tokens
 from usage.limits import Admission, aadmit, asettle, estimate, tokens_in
 from usage.models import UsageRecord
 from usage.softcap import asoft_capped
@@ -88,6 +90,9 @@ async def _aanswer(
     request: HttpRequest, *, codec: ClientCodec[Any], journey: _Journey
 ) -> HttpResponseBase:
     request_id = new_request_id()
+    # On every line logged while serving it, a stream's included (its events are sent from
+    # this same task, after the view returned).
+    logs.request_id.set(request_id)
     # Filled in at admission: the rate-limit headers every later answer carries.
     headers: dict[str, str] = {"x-request-id": request_id}
     try:
@@ -383,7 +388,51 @@ class Meter:
         if self.settled:
             return
         self.settled = True
-        await asettle(self.admission, self.bill())
+        bill = self.bill()
+        await asettle(self.admission, bill)
+        _log_request(bill, context=self.context, key_label=self.attempt.key.label)
+
+
+def _log_request(bill: Bill, *, context: TenantContext, key_label: str) -> None:
+    """The request's one INFO line: with LOG_FORMAT=json, one object a log pipeline can
+    index (no token, key or prompt in it: the key's label only)."""
+    tokens = bill.tokens
+    logger.info(
+        "%s %s %s -> %s %s %d tokens in %d ms",
+        bill.request_id,
+        bill.wire_format,
+        bill.model,
+        bill.provider_slug,
+        bill.status,
+        tokens.total,
+        bill.latency_ms,
+        extra={
+            "event": "request",
+            "tenant": context.slug,
+            "tenant_id": bill.tenant_id,
+            "tier": context.tier_slug,
+            "model": bill.model,
+            "route_id": bill.route_id,
+            "provider": bill.provider_slug,
+            "upstream_model": bill.upstream_model,
+            "key_label": key_label,
+            "wire_format": bill.wire_format,
+            "stream": bill.stream,
+            "status": bill.status,
+            "http_status": bill.http_status,
+            "input_tokens": tokens.input,
+            "output_tokens": tokens.output,
+            "cache_read_tokens": tokens.cache_read,
+            "cache_write_tokens": tokens.cache_write,
+            "reasoning_tokens": tokens.reasoning,
+            "cost_usd": str(Decimal(bill.cost_nanos) / NANOS),
+            "latency_ms": bill.latency_ms,
+            "ttft_ms": bill.ttft_ms,
+            "attempts": bill.attempts,
+            "error_code": bill.error_code or None,
+            "downgraded_from": bill.downgraded_from or None,
+        },
+    )
 
 
 def _tokens(usage: Usage) -> Tokens:
