@@ -22,6 +22,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_site.settings")
 django_application = get_asgi_application()
 
+from core.logs import route_server_logs  # noqa: E402
+
+# Once, before Daphne builds its server: its access log and Twisted's log through logging,
+# so that with LOG_FORMAT=json every line the process writes is one JSON object.
+route_server_logs()
+
 from proxy_site.backpressure import (  # noqa: E402
     SlowClientGuard,
     check_support,

@@ -8,6 +8,8 @@ from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
+from core import logs
+
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 _API_HEADERS = {
@@ -19,12 +21,17 @@ _API_HEADERS = {
 
 
 def api_headers_middleware(get_response: GetResponse) -> Callable[..., Awaitable[HttpResponseBase]]:
-    """Security headers on every API response, without leaving the event loop."""
+    """Security headers and a request id on every API response, without leaving the event
+    loop. The id is on every line logged while serving it (core/logs.py), whatever the
+    endpoint (the pipeline's requests, /v1/models, unknown paths)."""
 
     async def middleware(request: HttpRequest) -> HttpResponseBase:
+        request_id = logs.request_id.get() or logs.new_request_id()
+        logs.request_id.set(request_id)
         response = await get_response(request)
         for name, value in _API_HEADERS.items():
             response.headers.setdefault(name, value)
+        response.headers.setdefault("x-request-id", request_id)
         return response
 
     markcoroutinefunction(middleware)

@@ -439,5 +439,8 @@ LOGGING = {
         "httpx": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
         "httpcore": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
         "daphne": {"level": "WARNING"},
+        # Django's own console handler would print its lines a second time, as plain text:
+        # they go to the root handler only (in the configured format).
+        "django": {"handlers": []},
     },
 }
