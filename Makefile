@@ -86,6 +86,8 @@ endif
 run: install dev-secrets
 	$(PY) manage.py migrate --noinput
 	MOCK_PORT=$(MOCK_PORT) $(PY) manage.py quickstart --url http://$(HOST):$(PORT)
+	@# Metrics of earlier runs would add to this one's (prometheus_client multiprocess mode).
+	@rm -rf "$${PROMETHEUS_MULTIPROC_DIR:-var/prometheus}"
 	@$(PY) manage.py mock_provider --host 127.0.0.1 --port $(MOCK_PORT) --chunks 12 --chunk-delay 0.05 & \
 	mock=$$!; trap 'kill $$mock 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m daphne -b $(HOST) -p $(PORT) proxy_site.asgi:application

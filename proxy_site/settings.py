@@ -14,6 +14,7 @@ proxy that silently falls back to a default cap or key is worse than one that wo
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,15 @@ SPECTACULAR_SETTINGS = {
 # /metrics (Prometheus): open to a bearer token when one is set, else to these networks.
 PROXY_METRICS_TOKEN = env_str("PROXY_METRICS_TOKEN")
 PROXY_METRICS_NETWORKS = env_list("PROXY_METRICS_NETWORKS", ["127.0.0.1/32", "::1/128"])
+for _network in PROXY_METRICS_NETWORKS:  # refused at start, not as a 500 on every scrape
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise invalid_value("PROXY_METRICS_NETWORKS", _network, "IP networks (CIDR)") from None
+# /readyz: how long each check may take, and how old the oldest waiting ledger entry may be
+# before the drain counts as stuck (the database down, say: then every process is unready).
+PROXY_READYZ_TIMEOUT = env_float("PROXY_READYZ_TIMEOUT", 0.5, minimum=0.05)
+PROXY_READYZ_LEDGER_MAX_AGE = env_float("PROXY_READYZ_LEDGER_MAX_AGE", 120.0, minimum=1.0)
 # A tenant label on the request metrics: one series per tenant, so only when asked for.
 PROXY_METRICS_TENANT_LABEL = env_bool("PROXY_METRICS_TENANT_LABEL", False)
 # prometheus_client's multiprocess mode: every process of a host writes its samples here

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core import metrics
 from core.redis import RedisFailure, async_client, sync_client
 from routing.context import PooledKey
 
@@ -109,15 +110,19 @@ class KeyHealth:
         waits = [self._resting_until[k.id] - now for k in keys if k.id in self._resting_until]
         return max(1, int(min(waits) + 0.999)) if waits else None
 
-    async def arest(self, key: PooledKey, *, seconds: float, error: str) -> None:
+    async def arest(
+        self, key: PooledKey, *, seconds: float, error: str, provider: str = ""
+    ) -> None:
         until = time.time() + seconds
+        metrics.key_rested(provider=provider, key=key.label)
         self._resting_until[key.id] = until
         logger.warning("pooled key %s rests %.0fs: %s", key.label, seconds, error)
         await akey_cool(key.id, int(until * 1000))
         self._persist(key.id, error=error, disable=False)
 
-    async def aswitch_off(self, key: PooledKey, *, error: str) -> None:
+    async def aswitch_off(self, key: PooledKey, *, error: str, provider: str = "") -> None:
         self._off.add(key.id)
+        metrics.key_switched_off(provider=provider, key=key.label)
         logger.error("pooled key %s switched off: %s", key.label, error)
         await akey_off(key.id)
         self._persist(key.id, error=error, disable=True)

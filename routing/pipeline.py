@@ -34,7 +34,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
-from core import logs
+from core import logs, metrics
 from core.decoding import aread_capped, decoded
 from core.errors import ProxyError
 from routing.codecs.base import Call, ClientCodec, StreamTranslator, Usage
@@ -66,6 +66,7 @@ class _Journey(Protocol):
         codec: ClientCodec[Any],
         request_id: str,
         headers: dict[str, str],
+        scope: metrics.RequestScope,
     ) -> Awaitable[HttpResponseBase]: ...
 
 
@@ -89,16 +90,24 @@ async def acount_tokens(request: HttpRequest, *, codec: ClientCodec[Any]) -> Htt
 async def _aanswer(
     request: HttpRequest, *, codec: ClientCodec[Any], journey: _Journey
 ) -> HttpResponseBase:
-    request_id = new_request_id()
-    # On every line logged while serving it, a stream's included (its events are sent from
-    # this same task, after the view returned).
+    # The API middleware gave the request its id (proxy_site/middleware.py); it is on every
+    # line logged while serving it, a stream's included (its events are sent from this same
+    # task, after the view returned).
+    request_id = logs.request_id.get() or new_request_id()
     logs.request_id.set(request_id)
+    # What the metrics learn of the request as it goes (usage's recorders read it too).
+    scope = metrics.RequestScope(request_id=request_id, wire_format=codec.name)
+    metrics.scope.set(scope)
     # Filled in at admission: the rate-limit headers every later answer carries.
     headers: dict[str, str] = {"x-request-id": request_id}
     try:
-        response = await journey(request, codec=codec, request_id=request_id, headers=headers)
+        response = await journey(
+            request, codec=codec, request_id=request_id, headers=headers, scope=scope
+        )
     except ProxyError as error:
         response = codec.error_response(error)
+        if not scope.admitted:
+            _log_refusal(request_id, codec=codec, error=error)
     except Exception:
         # A bug, not a verdict on the request: logged in full, answered in the API's shape.
         logger.exception("%s failed", request_id)
@@ -106,20 +115,38 @@ async def _aanswer(
         response = codec.error_response(failure)
     for name, value in headers.items():
         response.headers.setdefault(name, value)
+    if not scope.admitted:
+        # An admitted request is counted when its bill is settled (usage/metrics.py).
+        metrics.count_unadmitted(scope, code=response.status_code)
     return response
 
 
+def _model_label(context: TenantContext, asked: str) -> str:
+    """The name a request's model goes by in the metrics: its route's or an exact alias's,
+    else the route a pattern led to; a name the client made up never becomes a label."""
+    if asked in context.routes or asked in context.aliases:
+        return asked
+    return next((target for prefix, target in context.patterns if asked.startswith(prefix)), "")
+
+
 async def _ajourney(
-    request: HttpRequest, *, codec: ClientCodec[Any], request_id: str, headers: dict[str, str]
+    request: HttpRequest,
+    *,
+    codec: ClientCodec[Any],
+    request_id: str,
+    headers: dict[str, str],
+    scope: metrics.RequestScope,
 ) -> HttpResponseBase:
     if request.method != "POST":
         raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
     context = await aauthenticate(request)
+    scope.tier, scope.tenant = context.tier_slug, context.slug
     raw = request.body
     call: Call = codec.parse(raw, request.headers)
     routes = context.routes_for(call.model)
     if not routes:
         raise model_not_found(call.model)
+    scope.model = _model_label(context, call.model)
     now = timezone.now()
     downgraded_from = ""
     downgrade = context.limits.downgrade_model
@@ -129,6 +156,7 @@ async def _ajourney(
         cheaper = context.routes_for(downgrade)
         if cheaper:
             routes, downgraded_from = cheaper, call.model
+            scope.model = _model_label(context, downgrade)
             headers["x-llm-proxy-downgraded-from"] = call.model
     max_tokens = call.max_tokens or context.limits.default_max_tokens
     tokens, nanos = estimate(
@@ -171,6 +199,7 @@ async def _ajourney(
         completions=call.completions,
         pending=pending,
     )
+    scope.admitted = True
     headers.update(admission.headers)
     meter = Meter(
         admission=admission,
@@ -181,6 +210,7 @@ async def _ajourney(
         allowance=max_tokens * call.completions,
         wire_format=codec.name,
         downgraded_from=downgraded_from,
+        scope=scope,
     )
     # Read by the lease heartbeat: what the request would be billed now, should it go no
     # further (the provider's counts where it gave them, else the proxy's, as for a cut stream).
@@ -202,16 +232,23 @@ async def _ajourney(
 
 
 async def _acount(
-    request: HttpRequest, *, codec: ClientCodec[Any], request_id: str, headers: dict[str, str]
+    request: HttpRequest,
+    *,
+    codec: ClientCodec[Any],
+    request_id: str,
+    headers: dict[str, str],
+    scope: metrics.RequestScope,
 ) -> HttpResponseBase:
     if request.method != "POST":
         raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
     context = await aauthenticate(request)
+    scope.tier, scope.tenant = context.tier_slug, context.slug
     raw = request.body
     call: Call = codec.parse(raw, request.headers)
     routes = context.routes_for(call.model)
     if not routes:
         raise model_not_found(call.model)
+    scope.model = _model_label(context, call.model)
     if routes[0].provider.kind != "anthropic":
         return JsonResponse({"input_tokens": tokens_in(len(raw))})
     # Failover stays among the routes that can count.
@@ -220,6 +257,7 @@ async def _acount(
     admission = await aadmit(
         account=context, request_id=request_id, tokens=0, nanos=0, now=now, max_tokens=0
     )
+    scope.admitted = True
     headers.update(admission.headers)
     first = Attempt(route=routes[0], key=routes[0].provider.keys[0])
     meter = Meter(
@@ -230,6 +268,7 @@ async def _acount(
         prompt_estimate=0,
         allowance=0,
         wire_format=codec.name,
+        scope=scope,
     )
     exchange = _aexchange(meter, call=call, codec=codec, routes=routes, max_tokens=0)
     reply = await anext(exchange)
@@ -271,8 +310,14 @@ class Meter:
         allowance: int,
         wire_format: str,
         downgraded_from: str = "",
+        scope: metrics.RequestScope | None = None,
     ) -> None:
         self.admission, self.context, self.attempt = admission, context, attempt
+        self.scope = scope
+        # Seconds spent waiting on the provider's answer or stream (its headers are the
+        # attempt's) and on the client taking a stream's events: what is not overhead.
+        self.provider_wait = self.client_wait = 0.0
+        self.stream_opened = False
         self.wire_format, self.downgraded_from = wire_format, downgraded_from
         self.first_byte_at: float | None = None  # when the client got the answer's first byte
         # What the client was told, when it failed: the words only, never the exception,
@@ -294,7 +339,14 @@ class Meter:
         return self.admission.request_id
 
     async def __aenter__(self) -> Meter:
+        metrics.IN_FLIGHT.inc()
         return self
+
+    def open_stream(self) -> None:
+        """The client's stream opens now (it closes at settlement)."""
+        if not self.stream_opened:
+            self.stream_opened = True
+            metrics.OPEN_STREAMS.inc()
 
     async def __aexit__(
         self,
@@ -388,9 +440,45 @@ class Meter:
         if self.settled:
             return
         self.settled = True
-        bill = self.bill()
-        await asettle(self.admission, bill)
-        _log_request(bill, context=self.context, key_label=self.attempt.key.label)
+        try:
+            bill = self.bill()
+            await asettle(self.admission, bill)
+            _log_request(bill, context=self.context, key_label=self.attempt.key.label)
+            if self.scope is not None:
+                route = self.attempt.route
+                metrics.observe_timings(
+                    self.scope,
+                    provider=route.provider.slug,
+                    operation=metrics.OPERATIONS.get(self.wire_format, "chat"),
+                    upstream_model=route.upstream_model,
+                    waited=self.attempt.waited + self.provider_wait + self.client_wait,
+                    first_byte_at=self.first_byte_at,
+                    ok=self.status == Status.OK,
+                )
+        finally:
+            metrics.IN_FLIGHT.dec()
+            if self.stream_opened:
+                metrics.OPEN_STREAMS.dec()
+
+
+def _log_refusal(request_id: str, *, codec: ClientCodec[Any], error: ProxyError) -> None:
+    """The one INFO line of a request refused before admission (bad token, body or model,
+    a cap or rate limit): nothing was billed, so only what the client was told."""
+    logger.info(
+        "%s %s refused: %d %s",
+        request_id,
+        codec.name,
+        error.status,
+        error.code,
+        extra={
+            "event": "request",
+            "request_id": request_id,
+            "wire_format": codec.name,
+            "status": "refused",
+            "http_status": error.status,
+            "error_code": error.code,
+        },
+    )
 
 
 def _log_request(bill: Bill, *, context: TenantContext, key_label: str) -> None:
@@ -408,6 +496,9 @@ def _log_request(bill: Bill, *, context: TenantContext, key_label: str) -> None:
         bill.latency_ms,
         extra={
             "event": "request",
+            # Explicit: settlement may run after the request's own context (a stream closed
+            # by its client is settled by a task of its own).
+            "request_id": bill.request_id,
             "tenant": context.slug,
             "tenant_id": bill.tenant_id,
             "tier": context.tier_slug,
@@ -522,6 +613,7 @@ async def _aexchange(
                 done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
                 if not done:
                     started = True
+                    meter.open_stream()
                     yield Reply(body=None)
                 while not done:
                     done, _ = await asyncio.wait({opening}, timeout=settings.PROXY_STREAM_KEEPALIVE)
@@ -559,11 +651,14 @@ async def _aexchange(
                 yield Reply(body=body)
                 return
             if not started:
+                meter.open_stream()
                 yield Reply(body=None)
             relay = _arelay(opened, call=call, codec=codec, meter=meter, deadline=deadline)
             try:
                 async for part in relay:
+                    handed = time.monotonic()
                     yield part
+                    meter.client_wait += time.monotonic() - handed
             finally:
                 await relay.aclose()
         finally:
@@ -585,7 +680,11 @@ async def _aread_answer(opened: Opened, *, call: Call, meter: Meter, deadline: f
         async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
             # Decoded step by step and refused past the cap (core/decoding.py): a gzip bomb
             # or a 50 MB body costs the worker at most PROXY_MAX_ANSWER_BYTES.
-            raw = await aread_capped(opened.response, limit=settings.PROXY_MAX_ANSWER_BYTES)
+            reading = time.monotonic()
+            try:
+                raw = await aread_capped(opened.response, limit=settings.PROXY_MAX_ANSWER_BYTES)
+            finally:
+                meter.provider_wait += time.monotonic() - reading
     except (TimeoutError, httpx.TimeoutException):
         raise ProxyError(
             504, "The provider's answer took too long.", code="upstream_timeout"
@@ -641,6 +740,8 @@ async def _arelay(
         except ProxyError as error:
             failure = error  # a body that does not decode
             break
+        finally:
+            meter.provider_wait += time.monotonic() - now  # waiting on the provider
         try:
             events = parser.feed(chunk)  # ProxyError past PROXY_MAX_EVENT_BYTES
             if any(event.data is not None for event in events):

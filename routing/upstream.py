@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from core import metrics
 from core.decoding import aread_capped, content_encoding
 from core.errors import ProxyError
 from core.http import upstream_client
@@ -71,6 +72,9 @@ class Attempt:
     route: Route
     key: PooledKey
     count: int = 0
+    # Seconds spent waiting on providers for answers' headers, every attempt's (the
+    # proxy's overhead is what a request takes besides: core/metrics.py).
+    waited: float = 0.0
 
 
 @dataclass
@@ -195,6 +199,9 @@ async def aopen(
             tried.add(key.id)
             attempt.route, attempt.key = route, key
             attempt.count += 1
+            provider = route.provider.slug
+            metrics.upstream_attempt(provider=provider, key=key.label)
+            sent = time.monotonic()
             try:
                 response = await asend_once(
                     route=route,
@@ -203,6 +210,8 @@ async def aopen(
                     deadline=deadline,
                 )
             except UpstreamError as error:
+                attempt.waited += time.monotonic() - sent
+                metrics.upstream_error(provider=provider, key=key.label, error=error.code or "")
                 failure = error
                 status = error.upstream_status
                 if status == 429 and error.request_too_large:
@@ -210,12 +219,17 @@ async def aopen(
                 if status == 429:
                     seconds = error.retry_after or settings.PROXY_KEY_COOLDOWN
                     await key_health.arest(
-                        key, seconds=seconds, error=f"429 from the provider; resting {seconds:.0f}s"
+                        key,
+                        seconds=seconds,
+                        error=f"429 from the provider; resting {seconds:.0f}s",
+                        provider=provider,
                     )
                     continue
                 if status == 401:
                     # The provider does not know the key: no point in trying it again.
-                    await key_health.aswitch_off(key, error="401 from the provider: key refused")
+                    await key_health.aswitch_off(
+                        key, error="401 from the provider: key refused", provider=provider
+                    )
                     continue
                 if status == 403:
                     # Forbidden can be about this request as much as the key (a content
@@ -224,6 +238,7 @@ async def aopen(
                         key,
                         seconds=settings.PROXY_KEY_COOLDOWN,
                         error="403 from the provider; resting",
+                        provider=provider,
                     )
                     continue
                 if status is not None and status >= 500 and server_errors == 0:
@@ -232,6 +247,7 @@ async def aopen(
                 if not error.transient and status != 404:
                     raise  # the request itself is wrong: no other provider will like it better
                 break  # unreachable, too slow, failing, or not knowing the model: next route
+            attempt.waited += time.monotonic() - sent
             return Opened(response=response, codec=provider_codec, route=route, key=key)
     if failure is not None:
         raise failure

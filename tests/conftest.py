@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,10 @@ from usage import counters
 from usage.models import UsageRecord
 
 REPO = Path(__file__).resolve().parent.parent
+# Each test session's processes report their metrics into a directory of its own (not the
+# development var/prometheus, which would keep every run's samples); inherited by every live
+# server the session starts.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-proxy-metrics-")
 T = TypeVar("T")
 
 # Secrets: every process the suite starts (Daphne, manage.py) must hold this process's, since

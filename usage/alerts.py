@@ -40,6 +40,7 @@ touches its own every poll, however long their backoff.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -521,7 +522,11 @@ class _Deliveries:
         loop = asyncio.get_running_loop()
         task = self.tasks.get(loop)
         if task is None or task.done():
-            self.tasks[loop] = loop.create_task(self._run(), name="usage-alert-deliveries")
+            # A fresh context: it outlives the request that started it, whose request id
+            # must not label its lines.
+            self.tasks[loop] = loop.create_task(
+                self._run(), name="usage-alert-deliveries", context=contextvars.Context()
+            )
 
     async def _run(self) -> None:
         courier = _Courier()

@@ -23,6 +23,7 @@ A settlement that cannot reach Redis is written straight to the database.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core import metrics
 from core.errors import ProxyError
 from core.singleflight import SingleFlight
 from tenants.limits import Account
@@ -59,6 +61,13 @@ from usage.weeks import Week, week_of
 logger = logging.getLogger(__name__)
 
 _WINDOW_MS = 60_000
+# The admission script's verdicts as the refusal metric names them.
+_REASONS = {
+    "tokens": "weekly_token_cap",
+    "cost": "weekly_cost_cap",
+    "rpm": "requests_per_minute",
+    "concurrency": "concurrency",
+}
 _UNREACHABLE = (redis.RedisError, OSError, LockBusy)
 
 
@@ -305,6 +314,7 @@ async def aadmit(
         else:
             headers = _headers(account, week, now, None, 0, int(result[3]))
             left = cap_nanos - used - held
+        metrics.refused(_REASONS[outcome])
         raise _quota_refusal(
             outcome,
             week.seconds_left(now),
@@ -315,6 +325,7 @@ async def aadmit(
             completions=completions,
         )
     headers = _headers(account, week, now, None, 0, int(result[2]))
+    metrics.refused(_REASONS.get(outcome, outcome))
     raise _refusal(outcome, math.ceil(int(result[1]) / 1000), headers)
 
 
@@ -380,6 +391,7 @@ async def _admit_degraded(
     limits = account.limits
     if not limits.rate_limits_fail_open:
         logger.error("counter store unreachable (%s): refusing %s", type(exc).__name__, request_id)
+        metrics.refused("limits_unavailable")
         raise ProxyError(
             503,
             "Usage limits cannot be checked right now; nothing was sent to the provider. "
@@ -407,6 +419,7 @@ async def _admit_degraded(
         over = ("cost", to_nanos(cap_cost) - used_nanos, nanos)
     if over is not None:
         kind, left, asked = over
+        metrics.refused(_REASONS[kind])
         raise _quota_refusal(
             kind,
             week.seconds_left(now),
@@ -493,8 +506,10 @@ class _Heartbeat:
     def add(self, admission: Admission) -> None:
         self.live.setdefault(admission.tenant_id, {})[admission.request_id] = admission
         if self.task is None or self.task.done():
+            # A fresh context: it outlives the request that started it, whose request id
+            # (core/logs.py) and audit actor must not label its lines.
             self.task = asyncio.get_running_loop().create_task(
-                self._run(), name="usage-lease-heartbeat"
+                self._run(), name="usage-lease-heartbeat", context=contextvars.Context()
             )
 
     def forget(self, admission: Admission) -> None:
@@ -652,7 +667,10 @@ class _Drainer:
         loop = asyncio.get_running_loop()
         task = self.tasks.get(loop)
         if task is None or task.done():
-            self.tasks[loop] = loop.create_task(self._run(), name="usage-ledger-drainer")
+            # A fresh context: it outlives the request that started it (see the heartbeat).
+            self.tasks[loop] = loop.create_task(
+                self._run(), name="usage-ledger-drainer", context=contextvars.Context()
+            )
 
     async def _run(self) -> None:
         last_scan = 0.0
