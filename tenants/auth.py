@@ -88,47 +88,77 @@ def verify_token(token: str) -> dict[str, Any]:
     return claims
 
 
-def _verify(token: str, keys: dict[str, jwt.PyJWK]) -> dict[str, Any]:
+class TokenInvalid(Exception):
+    """A JWT that fails a check; ``reason`` says which (for the log, never the client)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def trusted_keys() -> dict[str, jwt.PyJWK]:
+    """The JWT_JWKS keys by kid, parsed once per JWKS value."""
+    return _current_keyset().keys
+
+
+def decode_verified(
+    token: str, *, keys: dict[str, jwt.PyJWK], audience: str, required: list[str]
+) -> dict[str, Any]:
+    """A JWT's claims once its signature, algorithm, audience, issuer, times and lifetime
+    hold, or TokenInvalid. Tenant tokens (this module) and the provisioning API's service
+    tokens (api/authentication.py) differ only in their audience and required claims."""
+    if len(token) > settings.JWT_MAX_TOKEN_BYTES:
+        raise TokenInvalid("token over the size limit")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
-        raise reject("malformed token header") from None
+        raise TokenInvalid("malformed token header") from None
     alg = header.get("alg")
     # Checked before any key is chosen: "none" and anything not configured never get further.
     if alg not in settings.JWT_ALGORITHMS:
-        raise reject(f"algorithm {alg!r} not allowed")
+        raise TokenInvalid(f"algorithm {alg!r} not allowed")
     kid = header.get("kid")
     if kid is None and len(keys) == 1:
         key = next(iter(keys.values()))
     elif isinstance(kid, str) and kid in keys:
         key = keys[kid]
     else:
-        raise reject("unknown kid")
+        raise TokenInvalid("unknown kid")
     # A key is used only with its own algorithm: an HS256 token can never be checked
     # against an RSA/EdDSA public key used as an HMAC secret.
     if key.algorithm_name != alg:
-        raise reject("algorithm does not match the key")
+        raise TokenInvalid("algorithm does not match the key")
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
             key=key.key,
             algorithms=[alg],
-            audience=settings.JWT_AUDIENCE,
+            audience=audience,
             issuer=settings.JWT_ISSUER,
             leeway=settings.JWT_LEEWAY_SECONDS,
-            options={"require": _REQUIRED_CLAIMS, "verify_iat": True},
+            options={"require": required, "verify_iat": True},
         )
     except jwt.InvalidTokenError as exc:
-        raise reject(type(exc).__name__) from None
-    if not isinstance(claims.get("sub"), str) or type(claims.get("ver")) is not int:
-        raise reject("sub or ver of the wrong type")
+        raise TokenInvalid(type(exc).__name__) from None
     # PyJWT compares exp/iat/nbf after int() and accepts "123" or true for them; the cache
     # above and everything downstream compares them as numbers, so they must be numbers.
     for name in ("exp", "iat", "nbf"):
         if name in claims and not _is_time(claims[name]):
-            raise reject(f"{name} is not a number")
+            raise TokenInvalid(f"{name} is not a number")
     if claims["exp"] - claims["iat"] > settings.JWT_MAX_LIFETIME:
-        raise reject("lifetime over JWT_MAX_LIFETIME")
+        raise TokenInvalid("lifetime over JWT_MAX_LIFETIME")
+    return claims
+
+
+def _verify(token: str, keys: dict[str, jwt.PyJWK]) -> dict[str, Any]:
+    try:
+        claims = decode_verified(
+            token, keys=keys, audience=settings.JWT_AUDIENCE, required=_REQUIRED_CLAIMS
+        )
+    except TokenInvalid as exc:
+        raise reject(exc.reason) from None
+    if not isinstance(claims.get("sub"), str) or type(claims.get("ver")) is not int:
+        raise reject("sub or ver of the wrong type")
     return claims
 
 
