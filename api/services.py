@@ -198,7 +198,7 @@ def api_tenant_deactivate(*, actor: str, tenant: Tenant) -> Tenant:
         deactivation, _ = TenantDeactivation.objects.update_or_create(
             tenant=tenant, defaults={"deactivated_at": timezone.now(), "actor": actor[:200]}
         )
-        tenant.deactivation = deactivation  # type: ignore[attr-defined]
+        tenant.deactivation = deactivation
         return tenant
 
 
