@@ -4,14 +4,24 @@ carries it across processes (Redis publish/subscribe when REDIS_URL is set)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from channels.auth import get_user
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 GROUP = "console.dashboard"
 # Closing before accepting refuses the handshake (HTTP 403); this code is for a socket that
 # was accepted, should a later check refuse it.
 REFUSED = 4403
+
+
+# How long an open socket trusts its handshake: then the session is read again, so a user
+# logged out, deactivated or no longer staff stops receiving within this many seconds.
+RECHECK_SECONDS = 30.0
+# What the dashboard shows (every tenant's week and requests): who may read tenants.
+PERMISSION = "tenants.view_tenant"
 
 
 def is_staff(user: Any) -> bool:
@@ -31,11 +41,13 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # un
     async def connect(self) -> None:
         # scope["user"] is the admin session's user (AuthMiddlewareStack), read once: the
         # admin's pages check each request, a socket only its handshake.
-        if not is_staff(self.scope.get("user")):
+        user = self.scope.get("user")
+        if not is_staff(user) or not await _has_perm(user):
             await self.close()
             return
         await self.channel_layer.group_add(GROUP, self.channel_name)
         self.joined = True
+        self.checked_at = time.monotonic()
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -48,4 +60,16 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # un
             await self.send_json({"type": "pong"})
 
     async def usage_settled(self, event: dict[str, Any]) -> None:
+        if time.monotonic() - self.checked_at > RECHECK_SECONDS:
+            self.checked_at = time.monotonic()
+            # The session and the user as they are now, not as they were at the handshake.
+            user = await get_user(self.scope)
+            if not is_staff(user) or not await _has_perm(user):
+                await self.close(code=REFUSED)
+                return
         await self.send_json(event)
+
+
+async def _has_perm(user: Any) -> bool:
+    # Permissions come from the database (groups): read in a thread, off the event loop.
+    return bool(await database_sync_to_async(user.has_perm)(PERMISSION))

@@ -356,6 +356,7 @@ INSTALLED_APPS = [
 # The admin's stack. The proxy API (/v1/) is served by a separate handler with only the
 # async-native middleware in PROXY_MIDDLEWARE, so the hot path never hops to a thread.
 MIDDLEWARE = [
+    "proxy_site.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

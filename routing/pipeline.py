@@ -18,6 +18,7 @@ path from the settlement's Redis stream entry.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -764,14 +765,31 @@ async def _arelay(
             # Events are whole here (the parser cuts at their ends), so a key quoted in one,
             # an error event as much as content, is found and removed before it is sent.
             yield opened.key.auth.scrub_bytes(out)
+        if translator.complete:
+            # The provider ended its answer: whatever it might send after is not relayed (nor
+            # can it turn a complete answer into a failure, or follow its last event). The
+            # body is read to its end, briefly, so that the connection can be used again.
+            await _adrain(chunks, seconds=1.0)
+            break
     if failure is None and not translator.complete:
         failure = ProxyError(502, "The provider's stream broke off.", code="upstream_error")
     if failure is not None:
         # The provider's words may be in it (its own error event): nothing of the set-up.
         failure = redact_error(failure, route=route, key=opened.key)
         meter.record_failure(failure)
-        # A format whose events are numbered (Responses) ends the stream in its own sequence.
-        yield translator.error_event(failure) or codec.stream_error(failure)
+        # A format whose events are numbered (Responses) ends the stream in its own sequence;
+        # b"": the translator already relayed the provider's own terminal failure event.
+        ending = translator.error_event(failure)
+        yield codec.stream_error(failure) if ending is None else ending
+
+
+async def _adrain(chunks: AsyncIterator[bytes], *, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx.HTTPError, ProxyError):
+        pass  # a provider holding the connection open, or breaking it: it is closed then
 
 
 class EventStream:
@@ -786,6 +804,9 @@ class EventStream:
     def __init__(self, exchange: AsyncGenerator[Reply | bytes, None], meter: Meter) -> None:
         self.exchange, self.meter = exchange, meter
         self._closing: asyncio.Task[None] | None = None
+        # The request's context (its request id, its metrics scope): close() may be called
+        # from the server's task, whose context has neither, and settles the bill.
+        self._context = contextvars.copy_context()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         # Past its Reply, an exchange yields only the stream's bytes.
@@ -793,4 +814,6 @@ class EventStream:
 
     def close(self) -> None:
         if not self.meter.settled and self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self.exchange.aclose())
+            self._closing = asyncio.get_running_loop().create_task(
+                self.exchange.aclose(), context=self._context
+            )

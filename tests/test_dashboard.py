@@ -20,7 +20,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django.utils import timezone
 
@@ -54,6 +54,13 @@ DATA = "/admin/dashboard/data.json"
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)
 WEEK = Week(start=MONDAY, end=MONDAY + timedelta(days=7))
 WEDNESDAY_NOON = MONDAY + timedelta(days=2, hours=12)
+
+
+def tenant_reader(username: str) -> User:
+    """Staff who may read tenants: the dashboard shows every tenant's week and requests."""
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_tenant"))
+    return User.objects.get(pk=user.pk)  # a fresh instance: permissions are cached
 
 
 # --- the projection, on a frozen clock (no database) -----------------------------------------
@@ -127,7 +134,7 @@ def empty_store() -> Iterator[None]:
 @pytest.fixture
 def staff_client(db: None) -> Client:
     client = Client()
-    client.force_login(User.objects.create_user("ops", password="pw", is_staff=True))
+    client.force_login(tenant_reader("ops"))
     return client
 
 
@@ -351,7 +358,7 @@ async def _communicator(cookie: str | None) -> WebsocketCommunicator:
 async def test_it_forwards_each_settled_bill_to_a_staff_socket() -> None:
     from asgiref.sync import sync_to_async
 
-    staff = await User.objects.acreate(username="ops", is_staff=True)
+    staff = await sync_to_async(tenant_reader)("ops")
     cookie = await sync_to_async(_session_cookie)(staff)
     communicator = await _communicator(cookie)
     connected, _ = await communicator.connect()
@@ -453,7 +460,7 @@ def test_it_moves_the_live_numbers_when_another_process_serves_a_request(
     proxy: LiveProxy, world: World, request: pytest.FixtureRequest
 ) -> None:
     other = _other_process(request, proxy)
-    staff = User.objects.create_user("ops", password="pw", is_staff=True)
+    staff = tenant_reader("ops")
     cookie = _session_cookie(staff)
     origin = proxy.url
     page = httpx.get(f"{proxy.url}{DASHBOARD}", headers={"Cookie": cookie})
@@ -518,3 +525,12 @@ def test_it_shows_spend_alerts_with_their_delivery_state(staff_client: Client) -
     superuser.force_login(User.objects.create_superuser("root", password="pw"))
     listed = superuser.get("/admin/usage/alertevent/").content.decode()
     assert "spender" in listed and "80% of the weekly token cap" in listed
+
+
+@pytest.mark.core
+@pytest.mark.django_db
+def test_it_refuses_staff_who_may_not_read_tenants() -> None:
+    client = Client()
+    client.force_login(User.objects.create_user("intern", password="pw", is_staff=True))
+    assert client.get("/admin/dashboard/").status_code == 403
+    assert client.get("/admin/dashboard/data.json").status_code == 403

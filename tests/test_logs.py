@@ -525,3 +525,18 @@ def test_it_never_logs_a_secret(
     assert {"httpcore.http11", "httpx", "routing.pipeline", "tenants.auth"} <= loggers
     statuses = {line["status"] for line in lines if line.get("event") == "request"}
     assert {"ok", "upstream_error"} <= statuses, statuses
+
+
+@pytest.mark.django_db
+def test_it_gives_every_request_of_the_full_stack_its_own_request_id() -> None:
+    """The admin, the provisioning API and the probes: an id on the response, and none left
+    behind in the thread for the next request."""
+    from django.test import Client
+
+    from core import logs
+
+    client = Client()
+    first = client.get("/healthz")["x-request-id"]
+    second = client.get("/api/v1/tiers/")["x-request-id"]
+    assert first.startswith("req_") and second.startswith("req_") and first != second
+    assert logs.request_id.get() == ""
