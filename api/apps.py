@@ -7,3 +7,8 @@ class ApiConfig(AppConfig):
     name = "api"
     verbose_name = "Provisioning API"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from api import receivers
+
+        receivers.connect()

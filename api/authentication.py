@@ -39,6 +39,9 @@ SCOPES = frozenset({"read", "write"})
 # last_used_at is written at most this often per token: not one UPDATE per request.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "scope"]
+# A sub names a platform service; audit rows name it as api:<sub> in a 200-character column,
+# so a longer one could not be told apart from another there.
+SUB_MAX = 196
 
 
 @dataclass(frozen=True)
@@ -141,4 +144,6 @@ def verify_service_jwt(token: str) -> dict[str, Any]:
     sub, scope = claims.get("sub"), claims.get("scope")
     if not isinstance(sub, str) or not sub.strip() or not isinstance(scope, str):
         raise _refused("sub or scope of the wrong type")
+    if len(sub) > SUB_MAX:
+        raise _refused(f"sub longer than {SUB_MAX} characters")
     return claims

@@ -59,13 +59,14 @@ class ApiToken(models.Model):
 class IdempotencyRecord(models.Model):
     """The first answer to a request sent with an ``Idempotency-Key``, for its retries.
 
-    Keyed by the credential and the key (two platforms' keys never meet). ``request_hash``
+    Keyed by the credential (the SHA-256 of its id: a JWT's sub may be long) and the key (two
+    platforms' keys never meet). ``request_hash``
     covers the method, the path and the body: the same key for another request is refused.
     ``status_code`` is null while the first request is still being served. The body is
     sealed with PROXY_ENCRYPTION_KEYS: a token issue's answer holds a live token.
     """
 
-    credential = models.CharField(max_length=200)
+    credential = models.CharField(max_length=64)
     key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField(null=True)
@@ -87,7 +88,8 @@ class TenantDeactivation(models.Model):
 
     The tenant row stays (the ledger refers to it, and its slug must not be handed to
     someone else while old tokens may still name it). It counts as deactivated while it is
-    suspended; staff resuming it in the admin brings it back.
+    suspended; staff resuming it (in the admin, the console) deletes the row
+    (``api.receivers``), so a later suspension is an ordinary one again.
     """
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="deactivation")

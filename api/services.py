@@ -80,7 +80,8 @@ def api_token_revoke(*, token: ApiToken) -> ApiToken:
 
 
 def is_deactivated(tenant: Tenant) -> bool:
-    """Deleted through the API, and not resumed by staff since."""
+    """Deleted through the API, and not resumed by staff since (``api.receivers`` clears the
+    deactivation whenever the tenant is saved active again)."""
     return tenant.status == Tenant.Status.SUSPENDED and hasattr(tenant, "deactivation")
 
 
@@ -278,6 +279,12 @@ def check_idempotency_key(key: str) -> None:
         )
 
 
+def credential_digest(credential: str) -> str:
+    """What idempotency records are keyed on: a credential id of any length (a JWT's sub is
+    the platform's to choose) in the record's fixed 64 characters."""
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
 def idempotent(
     *, credential: str, key: str | None, fingerprint: str, perform: Callable[[], Outcome]
 ) -> Replayable:
@@ -285,6 +292,7 @@ def idempotent(
         outcome = perform()
         return Replayable(status=outcome.status, body=outcome.body, replayed=False)
     check_idempotency_key(key)
+    credential = credential_digest(credential)
     now = timezone.now()
     with transaction.atomic():
         IdempotencyRecord.objects.filter(expires_at__lte=now).delete()

@@ -28,6 +28,7 @@ from django.db.models.functions import Coalesce, TruncHour
 from django.utils import dateformat, timezone
 
 from tenants.models import Tenant
+from usage.admin import usd
 from usage.bill import NANOS, to_nanos
 from usage.models import UsageRecord
 from usage.selectors import tenants_week_usage, usage_report
@@ -132,6 +133,16 @@ class TenantWeek:
         """The nearer of the two caps (the one admission refuses on first)."""
         shares = [p for p in (self.token_percent, self.cost_percent) if p is not None]
         return max(shares) if shares else None
+
+    @property
+    def zero_cap_text(self) -> str:
+        """For a tenant with usage against a cap of 0 (over it by no percentage, so never
+        "inf%"): which cap it is over; "" for any other."""
+        if self.token_percent == float("inf"):
+            return "over its token cap of 0"
+        if self.cost_percent == float("inf"):
+            return f"over its cost cap of {usd_text(0)}"
+        return ""
 
     @property
     def level(self) -> str:
@@ -542,12 +553,7 @@ def dashboard(*, now: datetime) -> Dashboard:
 
 
 def usd_text(nanos: int) -> str:
-    """Dollars with enough precision to be true: a request's cost is often under a cent."""
-    usd = Decimal(nanos) / NANOS
-    if nanos == 0:
-        return "$0.00"
-    if abs(usd) >= 1:
-        return f"${usd:,.2f}"
-    if abs(usd) >= Decimal("0.01"):
-        return f"${usd:.4f}"
-    return f"${usd:.6f}"
+    """Dollars exactly as the ledger knows them, to the nano-dollar, as the admin shows them
+    (``usage.admin.usd``): a request's cost is often under a cent, and a 10-token request
+    at $0.02/Mtok ($0.0000002) shown as $0.000000 would be false."""
+    return usd(Decimal(nanos).scaleb(-9))

@@ -362,6 +362,64 @@ def test_it_retries_a_failing_receiver_with_the_same_webhook_id(
     ]
 
 
+@needs_redis
+def test_it_delivers_a_crossing_a_dead_process_claimed_at_a_new_processs_first_settlement(
+    proxy: LiveProxy,
+    receiver: WebhookReceiver,
+    world: World,
+    mock: MockServer,
+    jwt_keys: JwtKeys,
+    tmp_path: Any,
+) -> None:
+    receiver.reset()
+    mock.configure(faults=reported_usage(5, 3))  # far below any threshold: nothing to claim
+    tier, (tenant,) = alerting_tenants(world, 1, weekly_token_cap=1000, alert_thresholds="50")
+    week = week_of(timezone.now()).id
+    dead = alerts.Crossing(
+        event_id=alerts.event_id(tenant_id=tenant.pk, week_id=week, kind="tokens", threshold=50),
+        tenant_id=tenant.pk,
+        tier_id=tier.pk,
+        week=week,
+        kind="tokens",
+        threshold=50,
+        used=600,
+        cap=1000,
+        at=timezone.now().isoformat(),
+    )
+    # What a process that claimed the crossing and died before its courier ran leaves.
+    client = counters.sync_client()
+    client.set(
+        alerts.claim_key(tenant_id=tenant.pk, week_id=week, kind="tokens", threshold=50), "1"
+    )
+    client.xadd(alerts.outbox_key(tenant.pk), {"e": dead.to_json()})
+    env = {"PROXY_ALERT_WEBHOOK_URL": receiver.url, "PROXY_ALERT_WEBHOOK_SECRET": SECRET}
+    restarted = start_proxy(tmp_dir=tmp_path, jwt_keys=jwt_keys, extra_env=env)
+    try:
+        response = httpx.post(
+            f"{restarted.url}/v1/chat/completions",
+            json=BODY,
+            headers={"Authorization": f"Bearer {world.token(tenant)}"},
+        )
+        assert response.status_code == 200
+
+        def delivered() -> Delivery:
+            done = [d for d in receiver.deliveries() if d.status == 204]
+            assert len(done) == 1
+            return done[0]
+
+        delivery = eventually(delivered, timeout=10)
+        assert delivery.id == dead.event_id and verified(delivery)
+
+        def recorded() -> AlertEvent:
+            row = AlertEvent.objects.filter(event_id=dead.event_id).first()
+            assert row is not None and row.delivered_at is not None
+            return row
+
+        assert eventually(recorded).used == 600
+    finally:
+        stop_proxy(restarted)
+
+
 # --- the soft cap: a downgrade route until the hard cap ------------------------------------
 
 

@@ -25,13 +25,14 @@ from django.test import Client
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
+from api.authentication import SUB_MAX
 from api.models import ApiToken, IdempotencyRecord
-from api.services import api_token_create, api_token_revoke
+from api.services import api_token_create, api_token_revoke, credential_digest
 from audit.models import AuditEntry
 from routing.models import ModelRoute, Provider
 from routing.services import provider_create, route_create
 from tenants.models import Tenant, Tier
-from tenants.services import tenant_create, tier_create
+from tenants.services import tenant_activate, tenant_create, tier_create
 from tests.conftest import JwtKeys, LiveProxy, World, claims_for, eventually, unique
 from tests.support.mockserver import MockServer
 from usage.models import UsageRecord
@@ -515,6 +516,24 @@ def test_it_audits_every_write_as_the_credential(
     assert audit_rows("api:ops") == []
 
 
+def test_it_treats_a_tenant_staff_resumed_after_a_delete_as_live_again(
+    writer: Api, tiers: tuple[Tier, Tier]
+) -> None:
+    writer("POST", "/tenants/", {"slug": "acme", "name": "Acme", "tier": "free"})
+    assert writer("DELETE", "/tenants/acme/").json()["status"] == "deactivated"
+    # Staff resume it in the admin (the service the admin and the console call).
+    tenant_activate(tenant=Tenant.objects.get(slug="acme"))
+    assert writer("GET", "/tenants/acme/").json()["status"] == "active"
+    # An API suspension now is an ordinary one: resumable through the API.
+    assert writer("POST", "/tenants/acme/suspend/").json()["status"] == "suspended"
+    assert writer("GET", "/tenants/?status=deactivated").json()["count"] == 0
+    resumed = writer("POST", "/tenants/acme/resume/")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "active"
+    # And deleting it again deactivates it again.
+    assert writer("DELETE", "/tenants/acme/").json()["status"] == "deactivated"
+    error(writer("POST", "/tenants/acme/resume/"), 409, "tenant_deactivated")
+
+
 # --- idempotency --------------------------------------------------------------------------
 
 
@@ -560,7 +579,7 @@ def test_it_keeps_idempotency_keys_per_credential_and_for_a_day(
         ).status_code
         == 201
     )
-    record = IdempotencyRecord.objects.get(credential="jwt:a")
+    record = IdempotencyRecord.objects.get(credential=credential_digest("jwt:a"))
     assert record.expires_at - record.created_at == timedelta(hours=24)
     IdempotencyRecord.objects.filter(pk=record.pk).update(expires_at=timezone.now())
     # Expired: the key is free again.
@@ -578,6 +597,23 @@ def test_it_keeps_idempotency_keys_per_credential_and_for_a_day(
         "tenant_exists",
     )
     assert not IdempotencyRecord.objects.filter(key="k2").exists()
+
+
+def test_it_keys_idempotency_on_a_digest_of_a_long_credential_and_refuses_an_absurd_sub(
+    db: None, keys: JwtKeys, tiers: tuple[Tier, Tier]
+) -> None:
+    key = {"Idempotency-Key": "k1"}
+    body = {"slug": "one", "name": "1", "tier": "free"}
+    longest = Api(service_jwt(keys, sub="p" * SUB_MAX))
+    first = longest("POST", "/tenants/", body, headers=key)
+    again = longest("POST", "/tenants/", body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    record = IdempotencyRecord.objects.get()
+    assert record.credential == credential_digest("jwt:" + "p" * SUB_MAX)
+    # A sub the audit trail could not name exactly is no credential.
+    absurd = Api(service_jwt(keys, sub="p" * 300))
+    error(absurd("POST", "/tenants/", body, headers=key), 401, "unauthenticated")
 
 
 def test_it_replays_a_token_issue_with_the_same_token_kept_sealed(

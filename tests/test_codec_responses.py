@@ -12,6 +12,7 @@ translations towards OpenAI-compatible and Anthropic providers.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from routing.codecs.responses_client import (
     DROPPED_HINTS,
     REDACTED_PREFIX,
     RESPONSES_CLIENT,
+    SIGNATURE_PREFIX,
     ResponsesEncoder,
 )
 from routing.codecs.responses_request import ResponsesRequest, parse_responses_request
@@ -289,7 +291,7 @@ def test_it_decodes_a_tool_round_trip_matched_by_call_id() -> None:
                     {"type": "summary_text", "text": "one"},
                     {"type": "summary_text", "text": "two"},
                 ],
-                "encrypted_content": "sig-abc",
+                "encrypted_content": SIGNATURE_PREFIX + "sig-abc",
             },
             {
                 "type": "function_call",
@@ -435,7 +437,7 @@ def test_it_decodes_function_and_custom_tools_and_drops_hosted_search() -> None:
         ({"type": "local_shell"}, "tools[0]"),
         ({"type": "shell"}, "tools[0]"),
         ({"type": "apply_patch"}, "tools[0]"),
-        ({"type": "namespace", "name": "n", "tools": []}, "tools[0]"),
+        ({"type": "namespace", "name": "n", "tools": [{"type": "mcp"}]}, "tools[0].tools[0]"),
         ({**WEATHER, "defer_loading": True}, "tools[0].defer_loading"),
     ],
 )
@@ -570,7 +572,9 @@ def test_it_decodes_a_codex_turn_with_custom_tool_calls_reasoning_and_an_image()
     internal = RESPONSES_CLIENT.decode(parse(body))
     assert [m.role for m in internal.messages] == ["user", "assistant"] * 3 + ["user"]
     thinking, patch = internal.messages[1].parts[:2]
-    assert isinstance(thinking, Thinking) and thinking.signature is not None
+    # Its encrypted_content is OpenAI's own (gAAAA...), which Anthropic could not check: the
+    # summary is kept, as thinking without a signature.
+    assert isinstance(thinking, Thinking) and thinking.text and thinking.signature is None
     assert isinstance(patch, ToolUse) and json.loads(patch.arguments)[CUSTOM_INPUT].startswith(
         "*** Begin"
     )
@@ -623,7 +627,9 @@ def test_it_encodes_an_answer_as_a_response_object() -> None:
     reasoning, message, function, custom = response.output
     assert reasoning.type == "reasoning" and reasoning.id.startswith("rs_")
     assert [s.text for s in reasoning.summary] == ["Let me think."]
-    assert reasoning.encrypted_content == "sig-1"  # asked for or not: see the module docstring
+    assert (
+        reasoning.encrypted_content == SIGNATURE_PREFIX + "sig-1"
+    )  # asked for or not: see the module docstring
     assert message.type == "message" and message.id.startswith("msg_")
     assert [c.text for c in message.content if c.type == "output_text"] == ["Checking."]
     assert response.output_text == "Checking."
@@ -745,7 +751,7 @@ def test_it_streams_events_the_sdk_accumulates_into_the_completed_response() -> 
     assert [item.to_dict() for item in state._completed_output.values()] == [
         item.to_dict() for item in final.output
     ]
-    assert final.output[0].encrypted_content == "sig-xyz"  # type: ignore[union-attr]
+    assert final.output[0].encrypted_content == SIGNATURE_PREFIX + "sig-xyz"  # type: ignore[union-attr]
     assert final.output[0].summary[0].text == "Thinking."  # type: ignore[union-attr]
     assert final.output[3].input == "*** Begin Patch"  # type: ignore[union-attr]
     assert final.usage is not None and final.usage.input_tokens == 50
@@ -984,5 +990,257 @@ def test_it_relays_an_anthropic_thinking_and_tools_stream_to_a_responses_client(
     assert first == {
         "type": "thinking",
         "thinking": reasoning.summary[0].text,
-        "signature": reasoning.encrypted_content,
+        "signature": reasoning.encrypted_content.removeprefix(SIGNATURE_PREFIX),
     }
+
+
+# --- Codex's namespaced and additional tools ------------------------------------------------
+
+
+def codex_fixture(name: str) -> ResponsesRequest:
+    recorded = json.loads((WIRE / name).read_bytes())
+    return parse_responses_request(
+        dumps(recorded["body"]), headers=recorded["headers"], max_messages=1000
+    )
+
+
+ANTHROPIC_ROUTE = make_route(
+    "anthropic", base_url="https://api.anthropic.com", upstream_model="claude-sonnet-4-5"
+)
+CHAT_ROUTE = make_route("openai", base_url="https://api.moonshot.ai/v1", upstream_model="kimi")
+
+
+def provider_tool_names(call: ResponsesRequest) -> tuple[list[str], list[str]]:
+    """The tool names each kind of provider gets for ``call``."""
+    anthropic = Translation(RESPONSES_CLIENT, MESSAGES_PROVIDER).build(
+        route=ANTHROPIC_ROUTE, call=call, max_tokens=8000
+    )
+    chat = Translation(RESPONSES_CLIENT, CHAT_PROVIDER).build(
+        route=CHAT_ROUTE, call=call, max_tokens=8000
+    )
+    return (
+        [tool["name"] for tool in anthropic.payload["tools"]],
+        [tool["function"]["name"] for tool in chat.payload["tools"]],
+    )
+
+
+def test_it_flattens_a_namespace_tool_for_other_providers() -> None:
+    # What Codex sends for a model outside its catalog: a `namespace` tool among the others.
+    call = codex_fixture("codex_unlisted_model_request.json")
+    internal = RESPONSES_CLIENT.decode(call)
+    names = [tool.name for tool in internal.tools]
+    assert "exec_command" in names and "multi_agent_v1__spawn_agent" in names
+    assert "multi_agent_v1" not in names
+    anthropic, chat = provider_tool_names(call)
+    assert anthropic == chat == names
+    spawn = next(tool for tool in internal.tools if tool.name == "multi_agent_v1__spawn_agent")
+    assert spawn.description and spawn.parameters["type"] == "object"
+
+
+def test_it_merges_additional_tools_items_into_the_tool_list() -> None:
+    # What Codex sends for its default model: no `tools`, an `additional_tools` input item
+    # holding namespaces (one with the custom JavaScript tool `exec`).
+    call = codex_fixture("codex_code_mode_request.json")
+    internal = RESPONSES_CLIENT.decode(call)
+    by_name = {tool.name: tool for tool in internal.tools}
+    assert by_name["functions__exec"].kind == "custom"
+    assert "clock__sleep" in by_name and "collaboration__spawn_agent" in by_name
+    # The item is no message: the conversation starts with the user's.
+    assert internal.messages[0].role == "user" and len(internal.messages) == 1
+    anthropic, chat = provider_tool_names(call)
+    assert anthropic == chat == list(by_name)
+
+
+def test_it_names_namespaced_tools_as_providers_accept() -> None:
+    long = "n" * 40
+    call = request(
+        tools=[
+            {"type": "function", "name": "crm__lookup", "parameters": {"type": "object"}},
+            {
+                "type": "namespace",
+                "name": "crm",
+                "description": "CRM",
+                "tools": [
+                    {"type": "function", "name": "lookup"},  # taken by the plain tool above
+                    {"type": "function", "name": "find.user"},  # a dot: refused elsewhere
+                    {"type": "function", "name": long},
+                ],
+            },
+            {"type": "namespace", "name": long, "description": "", "tools": [WEATHER]},
+        ]
+    )
+    names = [tool.name for tool in RESPONSES_CLIENT.decode(call).tools]
+    assert len(set(names)) == len(names) == 5
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name) for name in names), names
+    assert names[0] == "crm__lookup" and names[1] != "crm__lookup"
+
+
+NAMESPACED_TOOLS = [
+    PATCH,
+    {
+        "type": "namespace",
+        "name": "crm",
+        "description": "CRM tools",
+        "tools": [
+            {"type": "function", "name": "lookup", "parameters": {"type": "object"}},
+            {"type": "custom", "name": "script"},
+        ],
+    },
+]
+
+
+def test_it_answers_calls_to_namespaced_tools_in_their_namespace() -> None:
+    call = request(tools=NAMESPACED_TOOLS)
+    raw = RESPONSES_CLIENT.encode_answer(
+        answer(
+            ToolUse("call_1", "crm__lookup", '{"id":1}'),
+            ToolUse("call_2", "crm__script", json.dumps({CUSTOM_INPUT: "run()"})),
+            ToolUse("call_3", "apply_patch", json.dumps({CUSTOM_INPUT: "*** Begin"})),
+        ),
+        call=call,
+        model="m",
+    )
+    response = Response.model_validate_json(raw)
+    lookup, script, patch = response.output
+    assert lookup.type == "function_call" and (lookup.namespace, lookup.name) == ("crm", "lookup")
+    assert script.type == "custom_tool_call" and (script.namespace, script.name) == (
+        "crm",
+        "script",
+    )
+    assert script.input == "run()"
+    assert patch.type == "custom_tool_call" and patch.namespace is None
+    # Sent back in the next turn, the calls reach the provider under the same flat names.
+    history = [{"role": "user", "content": "q"}, *json.loads(raw)["output"]]
+    history += [
+        {"type": f"{item['type']}_output", "call_id": item["call_id"], "output": "ok"}
+        for item in json.loads(raw)["output"]
+    ]
+    again = RESPONSES_CLIENT.decode(request(input=history, tools=NAMESPACED_TOOLS))
+    assert [part.name for part in again.messages[1].parts if isinstance(part, ToolUse)] == [
+        "crm__lookup",
+        "crm__script",
+        "apply_patch",
+    ]
+
+
+def test_it_streams_calls_to_namespaced_tools_in_their_namespace() -> None:
+    call = request(stream=True, tools=NAMESPACED_TOOLS)
+    raw = encode(
+        [
+            Start("a"),
+            BlockStart(0, ToolUse("call_1", "crm__lookup", "")),
+            BlockDelta(0, "arguments", '{"id":1}'),
+            BlockStop(0),
+            BlockStart(1, ToolUse("call_2", "crm__script", "")),
+            BlockDelta(1, "arguments", json.dumps({CUSTOM_INPUT: "run()"})),
+            BlockStop(1),
+            Finish("tool_use"),
+            End(Usage(reported=True)),
+        ],
+        call,
+    )
+    events = sse(raw)
+    accumulate(raw)
+    added = [data["item"] for name, data in events if name == "response.output_item.added"]
+    assert [(item["namespace"], item["name"]) for item in added] == [
+        ("crm", "lookup"),
+        ("crm", "script"),
+    ]
+    done = next(data for name, data in events if name == "response.function_call_arguments.done")
+    assert done["name"] == "lookup"
+    final = Response.model_validate(events[-1][1]["response"])
+    assert [(item.type, item.namespace) for item in final.output] == [  # type: ignore[union-attr]
+        ("function_call", "crm"),
+        ("custom_tool_call", "crm"),
+    ]
+    assert final.tools[1].type == "namespace"  # echoed as the client declared it
+
+
+# --- reasoning items from other providers ----------------------------------------------------
+
+
+def test_it_marks_anthropic_signatures_and_ignores_other_encrypted_content() -> None:
+    raw = RESPONSES_CLIENT.encode_answer(
+        answer(Thinking("t", "sig"), Text("ok"), stop_reason="end_turn"), call=request(), model="m"
+    )
+    output = json.loads(raw)["output"]
+    assert output[0]["encrypted_content"] == SIGNATURE_PREFIX + "sig"
+    again = RESPONSES_CLIENT.decode(request(input=[{"role": "user", "content": "q"}, *output]))
+    assert again.messages[1].parts[0] == Thinking("t", "sig")
+    # OpenAI's own encrypted reasoning (a turn a passthrough route answered) is no signature
+    # Anthropic could check: the summary is kept, unsigned; with no summary, nothing is.
+    foreign = {
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "thought"}],
+        "encrypted_content": "gAAAAABopenai-blob",
+    }
+    bare = {**foreign, "summary": []}
+    decoded = RESPONSES_CLIENT.decode(
+        request(input=[{"role": "user", "content": "q"}, foreign, bare, *output[1:]])
+    )
+    assert decoded.messages[1].parts == [Thinking("thought", None), Text("ok")]
+
+
+# --- values of the wrong type ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"reasoning": {"effort": ["high"]}}, "reasoning.effort"),
+        ({"reasoning": {"effort": 3}}, "reasoning.effort"),
+        ({"tools": [{"type": ["function"], "name": "x"}]}, "tools[0].type"),
+        ({"tools": [{"type": {"a": 1}, "name": "x"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "namespace", "name": "n", "tools": [{"type": [], "name": "x"}]}]},
+            "tools[0].tools[0].type",
+        ),
+        ({"input": [{"type": "additional_tools", "role": "developer"}]}, "input[0].tools"),
+    ],
+)
+def test_it_refuses_values_of_the_wrong_type_naming_them(body: dict[str, Any], param: str) -> None:
+    error = error_of(lambda: RESPONSES_CLIENT.decode(request(**body)))
+    assert (error.code, error.param) == ("invalid_request", param)
+
+
+def test_it_accepts_every_effort_openai_documents() -> None:
+    # The SDK's ReasoningEffort, "max" included: the provider side maps or refuses it.
+    for effort in ("minimal", "low", "medium", "high", "xhigh", "max"):
+        decoded = RESPONSES_CLIENT.decode(request(reasoning={"effort": effort}))
+        assert decoded.reasoning == Reasoning(effort=effort)
+
+
+# --- a stream's end ------------------------------------------------------------------------
+
+
+def test_it_adds_nothing_to_a_stream_already_ended() -> None:
+    encoder = RESPONSES_CLIENT.encoder(call=request(stream=True), model="m")
+    for event in (Start("a"), Finish("end_turn"), End(Usage(reported=True))):
+        encoder.feed(event)
+    # b"", not None: the pipeline sends nothing then (None would mean "the client codec's own
+    # error event", one more terminal event after response.completed).
+    assert encoder.error_event(ProxyError(502, "late")) == b""
+
+
+def test_it_lists_held_items_in_a_failed_streams_output() -> None:
+    encoder = RESPONSES_CLIENT.encoder(call=request(stream=True, tools=[WEATHER]), model="m")
+    events_in: list[Event] = [
+        Start("a"),
+        BlockStart(0, ToolUse("call_1", "get_weather", "")),
+        BlockDelta(0, "arguments", '{"ci'),
+        # Parallel calls, held while the first streams: one finished, one cut.
+        BlockStart(1, ToolUse("call_2", "get_weather", '{"city":')),
+        BlockDelta(1, "arguments", '"Paris"}'),
+        BlockStop(1),
+        BlockStart(2, ToolUse("call_3", "get_weather", "")),
+        BlockDelta(2, "arguments", '{"c'),
+    ]
+    raw = b"".join(encoder.feed(event) for event in events_in)
+    raw += encoder.error_event(ProxyError(502, "cut", code="upstream_error"))
+    accumulate(raw)
+    response = Response.model_validate(sse(raw)[-1][1]["response"])
+    assert [(item.call_id, item.arguments, item.status) for item in response.output] == [  # type: ignore[union-attr]
+        ("call_1", '{"ci', "incomplete"),
+        ("call_2", '{"city":"Paris"}', "completed"),
+        ("call_3", '{"c', "incomplete"),
+    ]

@@ -121,3 +121,24 @@ def test_it_runs_codex_against_the_mock_itself(
     )
 
     _assert_round_trip(run, mock, expected)
+
+
+def test_it_runs_codex_on_a_model_outside_its_catalog(
+    proxy: LiveProxy, world: World, mock: MockServer, codex: Path, tmp_path: Path
+) -> None:
+    """A name Codex does not know (alice's tier alias ``auto``): it then sends its fallback
+    tools, one a ``namespace`` tool, which the translation flattens for the provider."""
+    expected = _task(tmp_path, mock)
+
+    run = run_codex(
+        base_url=proxy.openai_base_url,
+        api_key=world.token(world.alice),
+        prompt=PROMPT,
+        workdir=tmp_path,
+        model="auto",
+    )
+
+    _assert_round_trip(run, mock, expected)
+    records = mock.requests()
+    assert len(records) == 2, run.describe()
+    assert {(record["api"], record["model"]) for record in records} == {("openai", "kimi-k2")}

@@ -146,6 +146,15 @@ def test_it_shows_live_usage_and_issues_a_working_token_in_a_real_browser(
             issued = page.locator("#issued-token")
             issued.wait_for(timeout=WAIT_AT_MOST_MS)
             token = issued.inner_text().strip()
+            # The screenshot is kept in var/test-artifacts/: never with a live token in it
+            # (the token itself, and the snippets that embed it).
+            page.evaluate(
+                "(token) => document.querySelectorAll('#issued-token, pre[id^=\"snippet-\"]')"
+                "  .forEach((el) => {"
+                "    el.textContent = el.textContent.split(token).join('<token redacted>'); })",
+                token,
+            )
+            assert token not in page.content(), "the live token is still on the page"
             save_screenshot(page, tmp_path=tmp_path, name="console-token-issued")
 
     assert token.count(".") == 2, f"not a JWT: {token!r}"

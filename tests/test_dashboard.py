@@ -534,3 +534,64 @@ def test_it_refuses_staff_who_may_not_read_tenants() -> None:
     client.force_login(User.objects.create_user("intern", password="pw", is_staff=True))
     assert client.get("/admin/dashboard/").status_code == 403
     assert client.get("/admin/dashboard/data.json").status_code == 403
+
+
+# Costs to the nano-dollar, in Python and in dashboard.js alike; a cap of 0.
+
+EXACT_COSTS = {
+    0: "$0.00",
+    200: "$0.0000002",  # 10 tokens at $0.02/Mtok
+    1: "$0.000000001",
+    10_000_000: "$0.01",
+    123_456_789: "$0.123456789",
+    5_000_000_000: "$5.00",
+    1_234_567_890_123: "$1,234.567890123",
+    -200: "-$0.0000002",
+}
+
+
+def test_it_shows_costs_to_the_nano_dollar_as_the_admin_does() -> None:
+    from console.selectors import usd_text
+    from usage.admin import usd
+
+    for nanos, text in EXACT_COSTS.items():
+        assert usd_text(nanos) == text == usd(Decimal(nanos).scaleb(-9))
+
+
+def test_it_formats_live_costs_in_dashboard_js_as_the_page_does() -> None:
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node")
+    script = Path(settings.BASE_DIR) / "console" / "static" / "console" / "dashboard.js"
+    program = (
+        f"const {{usd}} = require({json.dumps(str(script))});"
+        f"console.log(JSON.stringify({json.dumps(list(EXACT_COSTS))}.map(usd)));"
+    )
+    done = subprocess.run(
+        [node, "-e", program], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert json.loads(done.stdout) == list(EXACT_COSTS.values())
+
+
+@pytest.mark.core
+@pytest.mark.django_db(transaction=True)
+def test_it_renders_a_tiny_cost_and_usage_against_a_zero_cap_truthfully(
+    staff_client: Client, key_secret: str, empty_store: None
+) -> None:
+    tiny = _tenant("tiny", secret=key_secret)
+    zero = _tenant("zero", secret=f"{key_secret}-2", weekly_token_cap=0)
+    _row(tiny, tokens=(10, 0), cost="0.000000200")
+    _row(zero)
+
+    page = html.unescape(staff_client.get(DASHBOARD).content.decode())
+    assert '<td class="num" data-field="cost">$0.0000002</td>' in page
+    flagged = page[page.index('data-flagged="zero"') :].split("</li>")[0]
+    assert "zero: over (over its token cap of 0)" in flagged and "inf" not in flagged
+    tenants = {t["slug"]: t for t in staff_client.get(DATA).json()["tenants"]}
+    assert tenants["tiny"]["cost_text"] == "$0.0000002"
+    assert tenants["zero"]["level"] == "over"

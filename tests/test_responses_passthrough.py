@@ -97,7 +97,7 @@ def test_it_forwards_the_body_as_sent_but_for_model_limit_and_store(route: Route
         "model": UPSTREAM,
         "max_output_tokens": 512,
         "store": False,
-    }
+    }  # include: the client asked for encrypted reasoning already
     assert call.body == sent  # the client's body itself is left alone
 
 
@@ -111,7 +111,24 @@ def test_it_sets_the_reserved_limit_and_no_store_when_the_client_set_neither(
         "input": "Say hello",
         "max_output_tokens": 300,
         "store": False,
+        # Unstored, a reasoning item goes back next turn only as its encrypted content.
+        "include": ["reasoning.encrypted_content"],
     }
+
+
+def test_it_asks_for_encrypted_reasoning_with_what_the_client_included(route: Route) -> None:
+    asked = CODEC.build(
+        route=route, call=request(include=["web_search_call.action.sources"]), max_tokens=300
+    )
+    already = CODEC.build(
+        route=route, call=request(include=["reasoning.encrypted_content"]), max_tokens=300
+    )
+
+    assert asked.payload["include"] == [
+        "web_search_call.action.sources",
+        "reasoning.encrypted_content",
+    ]
+    assert already.payload["include"] == ["reasoning.encrypted_content"]
 
 
 # --- completion -------------------------------------------------------------------------------
@@ -228,36 +245,89 @@ def test_it_is_not_complete_before_the_last_event(route: Route) -> None:
     assert translator.content_deltas == 7  # what is billed instead
 
 
-def test_it_raises_on_a_providers_error_event(route: Route) -> None:
+def relayed_failure(translator: ResponsesPassthroughStream, raw: bytes) -> tuple[bytes, str]:
+    """A stream ending in the provider's own failure event: what the client got before it,
+    the proxy's own error event that ends it (numbered next), and the failure the pipeline
+    bills and redacts (the provider's words never pass as they are: they may name its
+    set-up)."""
+    out = b""
+    for event in SSEParser().feed(raw):
+        try:
+            out += translator.feed(event)
+        except ProxyError as error:
+            caught = error
+            break
+    else:
+        raise AssertionError("the provider's failure event was passed on")
+    assert not translator.complete
+    assert caught.status == 502 and caught.code == "upstream_error"
+    ending = translator.error_event(caught)
+    assert ending is not None
+    (last,) = SSEParser().feed(ending)
+    sent = [json.loads(event.data or "")["sequence_number"] for event in SSEParser().feed(out)]
+    assert json.loads(last.data or "")["sequence_number"] == len(sent)
+    assert sent == list(range(len(sent)))
+    return out, str(caught)
+
+
+def test_it_ends_on_a_providers_error_event_with_its_own(route: Route) -> None:
+    raw = wire("passthrough_stream_error.sse")
     translator = CODEC.stream(route=route, call=request(stream=True))
 
-    error = failure(lambda: translate(translator, wire("passthrough_stream_error.sse")))
+    out, error = relayed_failure(translator, raw)
 
-    assert error.status == 502
-    assert "The server had an error while processing your request" in str(error)
+    assert out == public(raw[: raw.index(b"event: error")])  # everything before it, as sent
+    assert "The server had an error while processing your request" in error
 
 
-def test_it_raises_on_an_error_event_as_the_api_reference_writes_it(route: Route) -> None:
-    flat = {"type": "error", "code": "server_error", "message": "Flat.", "param": None}
+def test_it_reads_an_error_event_as_the_api_reference_writes_it(route: Route) -> None:
+    flat = {"type": "error", "code": "server_error", "message": "Flat.", "param": None,
+            "sequence_number": 0}  # fmt: skip
     raw = b"event: error\ndata: " + json.dumps(flat).encode() + b"\n\n"
     translator = CODEC.stream(route=route, call=request(stream=True))
 
-    assert "Flat." in str(failure(lambda: translate(translator, raw)))
+    out, error = relayed_failure(translator, raw)
+
+    assert out == b"" and "Flat." in error
 
 
-def test_it_raises_on_a_failed_response_event(route: Route) -> None:
+def test_it_replaces_a_malformed_error_event_numbering_after_what_was_sent(
+    route: Route,
+) -> None:
+    raw = wire("passthrough_stream.sse")
+    head = raw[: raw.index(b"event: response.output_item.added")]
+    raw = head + b'event: error\ndata: {"type":"error","error":"boom"}\n\n'
+    translator = CODEC.stream(route=route, call=request(stream=True))
+
+    error = failure(lambda: translate(translator, raw))
+    ending = translator.error_event(error)
+    assert ending is not None
+
+    sent = len(SSEParser().feed(head))
+    (event,) = SSEParser().feed(ending)
+    assert json.loads(event.data or "")["sequence_number"] == sent  # the bad one not counted
+    assert error.status == 502 and error.code == "upstream_error"
+
+
+def test_it_ends_on_a_failed_response_event_reading_its_usage(route: Route) -> None:
     raw = wire("passthrough_stream.sse")
     head = raw[: raw.index(b"event: response.output_item.added")]
     failed = {
         "type": "response.failed",
         "sequence_number": 2,
         "response": {"id": "resp_1", "model": UPSTREAM, "status": "failed",
-                     "error": {"code": "server_error", "message": "Gave up."}},
+                     "error": {"code": "server_error", "message": "Gave up."},
+                     "usage": {"input_tokens": 12, "output_tokens": 3}},
     }  # fmt: skip
-    raw = head + b"event: response.failed\ndata: " + json.dumps(failed).encode() + b"\n\n"
+    tail = b"event: response.failed\ndata: " + json.dumps(failed).encode() + b"\n\n"
     translator = CODEC.stream(route=route, call=request(stream=True))
 
-    assert "Gave up." in str(failure(lambda: translate(translator, raw)))
+    out, error = relayed_failure(translator, head + tail)
+
+    assert out == public(head)
+    assert "Gave up." in error
+    usage = translator.usage
+    assert (usage.input_tokens, usage.output_tokens, usage.reported) == (12, 3, True)
 
 
 def test_it_renames_the_model_in_an_event_written_some_other_way(route: Route) -> None:
@@ -331,13 +401,15 @@ def test_it_passes_the_mocks_answers_through_with_exact_usage(route: Route, stre
     assert usage.reported and not usage.invalid
 
 
-def test_it_raises_on_the_mocks_mid_stream_failures(route: Route) -> None:
+def test_it_ends_the_mocks_mid_stream_failures_with_its_own_event(route: Route) -> None:
     body = {"model": UPSTREAM, "input": "Hi", "stream": True}
     for event in ("error", "response.failed"):
         fault = {"type": "stream_error", "chunks": 2, "event": event}
         raw = _mock(body, faults=[{"action": fault}])
         translator = CODEC.stream(route=route, call=request(stream=True))
 
-        error = failure(lambda raw=raw, translator=translator: translate(translator, raw))
+        out, error = relayed_failure(translator, raw)
 
-        assert "Rate limit reached for key sk-test" in str(error)
+        assert f"event: {event}".encode() not in out, event
+        # The pipeline redacts this (the key, the provider's address...) before it is sent.
+        assert "Rate limit reached for key sk-test" in error

@@ -12,13 +12,14 @@ its cost cap, each a *kind* of alert. Three steps, each in its own place:
    here: the tier's thresholds and caps come from a per-process cache loaded in a worker
    thread.
 2. **Record and deliver**, off the request path (:class:`_Deliveries`, one task per
-   process's event loop, started on demand like the ledger drainer): it reads the outboxes
-   with a consumer group, writes the :class:`~usage.models.AlertEvent` row (idempotent by
-   event id: the dashboard's notice) and, when ``PROXY_ALERT_WEBHOOK_URL`` is set, POSTs the
-   event signed per Standard Webhooks (usage/webhooks.py). An entry is acknowledged only
-   after a 2xx (or after ``MAX_ATTEMPTS``; the row keeps ``last_error``), so delivery is at
-   least once; retries back off from 1 s to 10 min; the webhook-id is the event id, the
-   same on every retry and in every process.
+   process's event loop, started by its first settlement like the ledger drainer): it
+   reads the outboxes with a consumer group, writes the :class:`~usage.models.AlertEvent`
+   row (idempotent by event id: the dashboard's notice) and, when
+   ``PROXY_ALERT_WEBHOOK_URL`` is set, POSTs the event signed per Standard Webhooks
+   (usage/webhooks.py). An entry is acknowledged only after a 2xx (or after
+   ``MAX_ATTEMPTS``; the row keeps ``last_error``), so delivery is at least once; retries
+   back off from 1 s to 10 min; the webhook-id is the event id, the same on every retry and
+   in every process.
 3. **Read** for the dashboard: :func:`recent_alerts`.
 
 Keys (per tenant, under its hash tag like usage/counters.py's, so the claim script touches
@@ -284,6 +285,11 @@ async def on_bill_settled(sender: Any, *, bill: Bill, settled: bool, **kwargs: A
     A check that fails (Redis unreachable) is not retried: the next settlement of the
     tenant checks again, and a threshold reached stays reached.
     """
+    # Before the claim, and whether or not this settlement claims anything: a process that
+    # died may have claimed crossings its courier never delivered (nor recorded), and only a
+    # running courier finds them (its first poll scans every outbox). A restarted process
+    # takes them over at its first settlement, not at its first claim of its own.
+    deliveries.start()
     if not settled:
         return  # a late settlement adds nothing to the week
     try:
@@ -510,8 +516,8 @@ class _Courier:
 
 
 class _Deliveries:
-    """Starts and feeds each event loop's courier: a task, started by the first claim (as
-    the ledger drainer is by the first settlement), never run on a request's path."""
+    """Starts and feeds each event loop's courier: a task, started by the first settlement
+    (as the ledger drainer is), never run on a request's path."""
 
     def __init__(self) -> None:
         self.noted: set[int] = set()
@@ -519,6 +525,11 @@ class _Deliveries:
 
     def note(self, tenant_id: int) -> None:
         self.noted.add(tenant_id)
+        self.start()
+
+    def start(self) -> None:
+        """This event loop's courier, started if it is not running: a dict lookup when it
+        is (every settlement calls this)."""
         loop = asyncio.get_running_loop()
         task = self.tasks.get(loop)
         if task is None or task.done():

@@ -89,7 +89,9 @@ from routing.context import Route
 from routing.sse import SSEEvent
 from usage.limits import tokens_in
 
-THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 16384}
+# xhigh and max (the SDKs' newest efforts) think as much as high: the budget stays below
+# max_tokens anyway, and a larger one would leave nothing for the answer.
+THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 16384, "max": 16384}
 NO_THINKING_EFFORTS = frozenset({"minimal", "none"})
 MIN_THINKING_BUDGET = 1024  # Anthropic's floor for budget_tokens
 JSON_OBJECT_TOOL = "json_object"  # the forced tool's name for response_format json_object

@@ -14,11 +14,13 @@ the tests against the ``openai`` SDK's types and its stream accumulator).
 | `function_call` | `ToolUse(call_id, name, arguments)` | |
 | `custom_tool_call` | `ToolUse(arguments={"input": text})` | see model.CUSTOM_INPUT |
 | `function_call_output`, `custom_tool_call_output` | `ToolResult` | matched by call_id |
-| `reasoning` | `Thinking(summary, signature=encrypted_content)` | or `RedactedThinking` |
+| `reasoning` | `Thinking(summary, signature)` | :data:`SIGNATURE_PREFIX`; or `RedactedThinking` |
+| `additional_tools` items | their tools join `tools` | not a message |
 | other items (`item_reference`, hosted tool calls...) | 400 naming `input[i]` | |
 | `function` tools, `custom` tools | `Tool`, `Tool(kind="custom", format)` | |
 | `web_search`, `tool_search` tools | dropped | :data:`DROPPED_HINTS` says why |
-| other hosted tools, `namespace` | 400 naming `tools[i]` | |
+| `namespace` tools | their tools, as `<namespace>__<name>` | see :class:`ToolNames` |
+| other hosted tools | 400 naming `tools[i]` | |
 | `tool_choice` | `ToolChoice` | `allowed_tools` and hosted: 400 |
 | `text.format` | `ResponseFormat` | |
 | `reasoning.effort` | `Reasoning` | `none`: thinking off |
@@ -28,7 +30,8 @@ the tests against the ``openai`` SDK's types and its stream accumulator).
 Answers carry each part as an output item, in order: ``reasoning`` (``rs_``), ``message``
 (``msg_``), ``function_call`` (``fc_``) or, for a custom tool, ``custom_tool_call`` (``ctc_``,
 its ``{"input": ...}`` arguments unwrapped). A thinking block's signature (Anthropic's) is
-always the reasoning item's ``encrypted_content``, asked for or not: the proxy is stateless,
+always the reasoning item's ``encrypted_content`` (after :data:`SIGNATURE_PREFIX`, so that
+OpenAI's own encrypted reasoning is never taken for one), asked for or not: the proxy is stateless,
 so the item the client sends back is the only way the signature can return to Anthropic,
 and clients such as the Agents SDK send output items back as they got them. A redacted
 thinking block is a reasoning item with no summary whose ``encrypted_content`` is
@@ -39,10 +42,13 @@ with ``incomplete_details.reason`` ``max_output_tokens``; Anthropic's ``refusal`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 import uuid
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
 
 from core.errors import ProxyError
 from routing.codecs.base import Usage, dumps
@@ -143,6 +149,13 @@ _HOSTED_TOOLS_DROPPED = frozenset({"web_search", "web_search_preview", "tool_sea
 _EFFORTS = frozenset({"minimal", "low", "medium", "high", "xhigh", "max"})
 _INCLUDE_REFUSED = frozenset({"message.output_text.logprobs"})
 REDACTED_PREFIX = "redacted_thinking:"  # encrypted_content of a redacted thinking block
+# encrypted_content carrying an Anthropic thinking signature. Anything else there (OpenAI's
+# own encrypted reasoning, from a turn a passthrough route answered) is no signature Anthropic
+# could check: the item's text is kept, as thinking without a signature.
+SIGNATURE_PREFIX = "anthropic:"
+# The names other providers accept for a tool (Anthropic's and OpenAI chat's rule).
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+NAMESPACE_SEPARATOR = "__"  # a namespaced tool's name elsewhere: <namespace>__<name>
 
 
 def _unsupported(param: str, what: str | None = None) -> NoReturn:
@@ -222,6 +235,9 @@ def _thinking(item: dict[str, Any], where: str) -> Thinking | RedactedThinking |
     encrypted = _optional_string(item.get("encrypted_content"), f"{where}.encrypted_content")
     if encrypted is not None and encrypted.startswith(REDACTED_PREFIX):
         return RedactedThinking(encrypted.removeprefix(REDACTED_PREFIX))
+    signature = None
+    if encrypted is not None and encrypted.startswith(SIGNATURE_PREFIX):
+        signature = encrypted.removeprefix(SIGNATURE_PREFIX) or None
     texts: list[str] = []
     for key, kind in (("summary", "summary_text"), ("content", "reasoning_text")):
         value = item.get(key)
@@ -236,9 +252,9 @@ def _thinking(item: dict[str, Any], where: str) -> Thinking | RedactedThinking |
             texts.append(_string(part.get("text"), f"{at}.text"))
         if texts:
             break  # the summary when there is one, else the raw reasoning text
-    if not texts and encrypted is None:
-        return None  # a reasoning item with nothing in it says nothing
-    return Thinking("\n\n".join(texts), encrypted)
+    if not texts and signature is None:
+        return None  # a reasoning item with nothing in it (for this provider) says nothing
+    return Thinking("\n\n".join(texts), signature)
 
 
 def _call_id(item: dict[str, Any], where: str) -> str:
@@ -252,11 +268,9 @@ def _check_caller(item: dict[str, Any], where: str) -> None:
     caller = item.get("caller")
     if isinstance(caller, dict) and caller.get("type") not in (None, "direct"):
         _unsupported(f"{where}.caller", "A call made by a program (programmatic tool calling)")
-    if item.get("namespace") is not None:
-        _unsupported(f"{where}.namespace", "A call to a tool in a namespace")
 
 
-def _messages(call: ResponsesRequest) -> tuple[list[Text], list[Message]]:
+def _messages(call: ResponsesRequest, names: ToolNames) -> tuple[list[Text], list[Message]]:
     system: list[Text] = []
     instructions = call.body.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -295,6 +309,9 @@ def _messages(call: ResponsesRequest) -> tuple[list[Text], list[Message]]:
             _check_caller(item, where)
             call_id = _call_id(item, where)
             name = _string(item.get("name"), f"{where}.name")
+            namespace = _optional_string(item.get("namespace"), f"{where}.namespace")
+            if namespace is not None:
+                name = names.flat(namespace, name)
             if kind == "function_call":
                 arguments = _string(item.get("arguments"), f"{where}.arguments")
             else:
@@ -322,6 +339,8 @@ def _messages(call: ResponsesRequest) -> tuple[list[Text], list[Message]]:
             thinking = _thinking(item, where)
             if thinking is not None:
                 add("assistant", [thinking])
+        elif kind == "additional_tools":
+            continue  # tools given mid-conversation (Codex's): in the tool list, see _declared
         elif kind == "item_reference":
             _unsupported(where, f"An `item_reference` (`{where}`: {NOT_STORED})")
         else:
@@ -336,20 +355,125 @@ def _messages(call: ResponsesRequest) -> tuple[list[Text], list[Message]]:
     return system, messages
 
 
-def _tools(value: Any) -> list[Tool]:
+@dataclass(frozen=True, slots=True)
+class ToolName:
+    """A tool as the client declared it, under the name the provider knows it by."""
+
+    flat: str  # the provider's name for it
+    name: str  # the client's
+    namespace: str | None
+    kind: Literal["function", "custom"]
+
+
+class ToolNames:
+    """The tools a request declares (``tools`` and ``additional_tools`` input items), with
+    each namespaced one's flat name: ``<namespace>__<name>`` when that is a name providers
+    accept and no other tool has, else a sanitised, shortened one made unique by a hash."""
+
+    def __init__(self, declared: list[tuple[str, dict[str, Any], str | None]]) -> None:
+        self.by_flat: dict[str, ToolName] = {}
+        self._flat: dict[tuple[str, str], str] = {}
+        used = {tool["name"] for _, tool, namespace in declared if namespace is None}
+        for _, tool, namespace in declared:
+            name, kind = tool["name"], tool["type"]
+            flat = name
+            if namespace is not None:
+                flat = self._flat.get((namespace, name)) or _flat_name(namespace, name, used)
+                self._flat[(namespace, name)] = flat
+                used.add(flat)
+            self.by_flat[flat] = ToolName(flat, name, namespace, kind)
+
+    def flat(self, namespace: str, name: str) -> str:
+        """A namespaced tool's flat name (one no longer declared: named the same way)."""
+        return self._flat.get((namespace, name)) or _flat_name(namespace, name, set())
+
+    def custom(self, flat: str) -> bool:
+        entry = self.by_flat.get(flat)
+        return entry is not None and entry.kind == "custom"
+
+    def call_fields(self, flat: str) -> dict[str, str]:
+        """The ``name`` (and ``namespace``) of a call item for the tool ``flat``: a namespaced
+        tool is called by its own name in its namespace (the SDK's ``namespace`` field on
+        function_call and custom_tool_call items), as OpenAI's calls to it are."""
+        entry = self.by_flat.get(flat)
+        if entry is None or entry.namespace is None:
+            return {"name": flat}
+        return {"name": entry.name, "namespace": entry.namespace}
+
+
+def _flat_name(namespace: str, name: str, used: set[str]) -> str:
+    flat = f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+    if _TOOL_NAME.fullmatch(flat) and flat not in used:
+        return flat
+    digest = hashlib.sha256(f"{namespace}\0{name}".encode()).hexdigest()[:8]
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", flat)[:55] + "_" + digest
+
+
+def _declared(call: ResponsesRequest) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Every function and custom tool the request declares, where, and in which namespace:
+    ``tools``, then the ``additional_tools`` input items' (Codex sends its tools there for
+    some models), a ``namespace`` tool's own tools flattened. Hosted tools stay (checked by
+    _tools); a tool without a usable type or name is refused here."""
+    sources: list[tuple[str, Any]] = [("tools", call.body.get("tools") or [])]
+    for index, item in enumerate(call.input if isinstance(call.input, list) else ()):
+        if item.get("type") == "additional_tools":
+            tools = item.get("tools")
+            if not isinstance(tools, list):
+                _invalid(f"input[{index}].tools", "is required and must be an array.")
+            sources.append((f"input[{index}].tools", tools))
+    declared: list[tuple[str, dict[str, Any], str | None]] = []
+    for where, tools in sources:
+        for index, tool in enumerate(tools):
+            at = f"{where}[{index}]"
+            kind = _tool_type(tool, at)
+            if kind != "namespace":
+                declared.append((at, tool, None))
+                continue
+            namespace = tool.get("name")
+            if not isinstance(namespace, str) or not namespace:
+                _invalid(f"{at}.name", "is required and must be a non-empty string.")
+            inner = tool.get("tools")
+            if not isinstance(inner, list):
+                _invalid(f"{at}.tools", "is required and must be an array.")
+            for position, member in enumerate(inner):
+                member_at = f"{at}.tools[{position}]"
+                member_kind = _tool_type(member, member_at)
+                if member_kind not in ("function", "custom"):
+                    _unsupported(member_at, f"The `{member_kind}` tool (`{member_at}`)")
+                declared.append((member_at, member, namespace))
+    for at, tool, _ in declared:
+        if tool["type"] in ("function", "custom"):
+            name = tool.get("name")
+            if not isinstance(name, str) or not name:
+                _invalid(f"{at}.name", "is required and must be a non-empty string.")
+    return declared
+
+
+def _tool_type(tool: Any, at: str) -> str:
+    if not isinstance(tool, dict):
+        _invalid(at, "must be an object.")
+    kind = tool.get("type")
+    if not isinstance(kind, str):
+        _invalid(f"{at}.type", "is required and must be a string.")
+    return kind
+
+
+def tool_names(
+    call: ResponsesRequest, declared: list[tuple[str, dict[str, Any], str | None]] | None = None
+) -> ToolNames:
+    declared = _declared(call) if declared is None else declared
+    return ToolNames([entry for entry in declared if entry[1]["type"] in ("function", "custom")])
+
+
+def _tools(declared: list[tuple[str, dict[str, Any], str | None]], names: ToolNames) -> list[Tool]:
     tools: list[Tool] = []
-    for index, tool in enumerate(value or ()):
-        at = f"tools[{index}]"
-        if not isinstance(tool, dict):
-            _invalid(at, "must be an object.")
-        kind = tool.get("type")
+    for at, tool, namespace in declared:
+        kind = tool["type"]
         if kind in _HOSTED_TOOLS_DROPPED:
             continue  # see DROPPED_HINTS
         if kind not in ("function", "custom"):
             _unsupported(at, f"The `{kind}` tool (`{at}`)")
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            _invalid(f"{at}.name", "is required and must be a non-empty string.")
+        name = tool["name"] if namespace is None else names.flat(namespace, tool["name"])
         description = _optional_string(tool.get("description"), f"{at}.description")
         if tool.get("defer_loading"):
             _unsupported(f"{at}.defer_loading", "`defer_loading` (tools found by tool search)")
@@ -432,6 +556,8 @@ def _reasoning(value: Any) -> Reasoning | None:
     effort = value.get("effort")
     if effort is None:
         return None
+    if not isinstance(effort, str):
+        _invalid("reasoning.effort", "must be a string.")
     if effort == "none":
         return Reasoning(enabled=False)  # GPT-5.1's "do not reason": thinking off
     if effort not in _EFFORTS:
@@ -463,14 +589,16 @@ class ResponsesClient:
     def decode(self, call: ResponsesRequest) -> InternalCall:
         body = call.body
         _check_fields(call)
-        system, messages = _messages(call)
+        declared = _declared(call)
+        names = tool_names(call, declared)
+        system, messages = _messages(call, names)
         user_field = "safety_identifier" if body.get("safety_identifier") is not None else "user"
         return InternalCall(
             model=call.model,
             stream=call.stream,
             messages=messages,
             system=system,
-            tools=_tools(body.get("tools")),
+            tools=_tools(declared, names),
             tool_choice=_tool_choice(body.get("tool_choice")),
             parallel_tool_calls=body.get("parallel_tool_calls"),
             sampling=Sampling(temperature=body.get("temperature"), top_p=body.get("top_p")),
@@ -483,8 +611,8 @@ class ResponsesClient:
         )
 
     def encode_answer(self, answer: Answer, *, call: ResponsesRequest, model: str) -> bytes:
-        custom = _custom_names(call)
-        items = [_item(part, custom=custom) for part in answer.parts]
+        names = tool_names(call)
+        items = [_item(part, names=names) for part in answer.parts]
         status, details = _status(answer.stop_reason)
         if status == "incomplete" and items and "status" in items[-1]:
             items[-1]["status"] = "incomplete"  # the item the limit cut
@@ -512,17 +640,6 @@ def _new_id(prefix: str) -> str:
 
 def _response_id(answer_id: str) -> str:
     return answer_id if answer_id.startswith("resp_") else f"resp_{answer_id}"
-
-
-def _custom_names(call: ResponsesRequest) -> frozenset[str]:
-    tools = call.body.get("tools")
-    return frozenset(
-        tool["name"]
-        for tool in tools or ()
-        if isinstance(tool, dict)
-        and tool.get("type") == "custom"
-        and isinstance(tool.get("name"), str)
-    )
 
 
 def _status(stop_reason: StopReason) -> tuple[str, dict[str, str] | None]:
@@ -553,21 +670,34 @@ def _echo_tools(call: ResponsesRequest) -> list[dict[str, Any]]:
     for tool in call.body.get("tools") or ():
         if not isinstance(tool, dict) or tool.get("type") in _HOSTED_TOOLS_DROPPED:
             continue
-        if tool.get("type") == "custom":
-            entry = {"type": "custom", "name": tool.get("name")}
-            for key in ("description", "format"):
-                if tool.get(key) is not None:
-                    entry[key] = tool[key]
+        if tool.get("type") == "namespace":
+            echoed.append(
+                {
+                    "type": "namespace",
+                    "name": tool.get("name"),
+                    "description": tool.get("description") or "",
+                    "tools": [_echo_tool(member) for member in tool.get("tools") or ()],
+                }
+            )
         else:
-            entry = {
-                "type": "function",
-                "description": tool.get("description"),
-                "name": tool.get("name"),
-                "parameters": tool.get("parameters"),
-                "strict": tool.get("strict"),
-            }
-        echoed.append(entry)
+            echoed.append(_echo_tool(tool))
     return echoed
+
+
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if tool.get("type") == "custom":
+        entry = {"type": "custom", "name": tool.get("name")}
+        for key in ("description", "format"):
+            if tool.get(key) is not None:
+                entry[key] = tool[key]
+        return entry
+    return {
+        "type": "function",
+        "description": tool.get("description"),
+        "name": tool.get("name"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
 
 
 def _response(call: ResponsesRequest, *, model: str, response_id: str) -> dict[str, Any]:
@@ -636,14 +766,12 @@ def _reasoning_item(item_id: str, part: Thinking | RedactedThinking) -> dict[str
         item["summary"] = []
         return item
     if part.signature:
-        item["encrypted_content"] = part.signature
+        item["encrypted_content"] = SIGNATURE_PREFIX + part.signature
     item["summary"] = [{"type": "summary_text", "text": part.text}] if part.text else []
     return item
 
 
-def _item(
-    part: AnswerPart, *, custom: frozenset[str], item_id: str | None = None
-) -> dict[str, Any]:
+def _item(part: AnswerPart, *, names: ToolNames, item_id: str | None = None) -> dict[str, Any]:
     """One answer part as the completed output item."""
     if isinstance(part, Text):
         return {
@@ -654,14 +782,14 @@ def _item(
             "role": "assistant",
         }
     if isinstance(part, ToolUse):
-        if part.name in custom:
+        if names.custom(part.name):
             return {
                 "id": item_id or _new_id("ctc"),
                 "type": "custom_tool_call",
                 "status": "completed",
                 "call_id": part.id,
                 "input": _unwrap(part.arguments),
-                "name": part.name,
+                **names.call_fields(part.name),
             }
         return {
             "id": item_id or _new_id("fc"),
@@ -669,7 +797,7 @@ def _item(
             "status": "completed",
             "arguments": part.arguments,
             "call_id": part.id,
-            "name": part.name,
+            **names.call_fields(part.name),
         }
     return _reasoning_item(item_id or _new_id("rs"), part)
 
@@ -682,12 +810,12 @@ class _Block:
 
     __slots__ = ("deltas", "item_id", "kind", "output_index", "part", "stopped", "summary_open")
 
-    def __init__(self, part: AnswerPart, *, custom: frozenset[str]) -> None:
+    def __init__(self, part: AnswerPart, *, names: ToolNames) -> None:
         self.part = part
         if isinstance(part, Text):
             self.kind, prefix = "message", "msg"
         elif isinstance(part, ToolUse):
-            self.kind, prefix = ("custom", "ctc") if part.name in custom else ("function", "fc")
+            self.kind, prefix = ("custom", "ctc") if names.custom(part.name) else ("function", "fc")
         else:
             self.kind, prefix = "reasoning", "rs"
         self.item_id = _new_id(prefix)
@@ -716,7 +844,7 @@ class ResponsesEncoder:
 
     def __init__(self, *, call: ResponsesRequest, model: str) -> None:
         self._call, self._model = call, model
-        self._custom = _custom_names(call)
+        self._names = tool_names(call)
         self._sequence = 0
         self._response: dict[str, Any] | None = None
         self._done = False  # the terminal event was sent
@@ -746,7 +874,7 @@ class ResponsesEncoder:
             return self._frame(events)
         self._begin("unknown", events)
         if isinstance(event, BlockStart):
-            block = _Block(event.part, custom=self._custom)
+            block = _Block(event.part, names=self._names)
             if self._open is None and not self._pending:
                 self._stream(event.index, block, events)
             else:
@@ -801,7 +929,7 @@ class ResponsesEncoder:
                 "status": "in_progress",
                 "arguments": "",
                 "call_id": part.id,
-                "name": part.name,
+                **self._names.call_fields(part.name),
             }
         elif block.kind == "custom" and isinstance(part, ToolUse):
             added = {
@@ -810,7 +938,7 @@ class ResponsesEncoder:
                 "status": "in_progress",
                 "call_id": part.id,
                 "input": "",
-                "name": part.name,
+                **self._names.call_fields(part.name),
             }
         else:
             added = {"id": block.item_id, "type": "reasoning", "summary": []}
@@ -884,7 +1012,7 @@ class ResponsesEncoder:
         block, self._closing = self._closing, None
         if block is None:
             return
-        item = _item(block.part, custom=self._custom, item_id=block.item_id)
+        item = _item(block.part, names=self._names, item_id=block.item_id)
         where = {"item_id": block.item_id, "output_index": block.output_index}
         part = block.part
         if block.kind == "message" and isinstance(part, Text):
@@ -904,7 +1032,11 @@ class ResponsesEncoder:
             events.append(
                 _event(
                     "response.function_call_arguments.done",
-                    {"arguments": part.arguments, **where, "name": part.name},
+                    {
+                        "arguments": part.arguments,
+                        **where,
+                        "name": self._names.call_fields(part.name)["name"],
+                    },
                 )
             )
         elif block.kind == "custom":
@@ -976,10 +1108,17 @@ class ResponsesEncoder:
         self._close_pending(events, status="completed")
         output = list(self._items)
         if self._open is not None:
-            partial = _item(self._open.part, custom=self._custom, item_id=self._open.item_id)
+            partial = _item(self._open.part, names=self._names, item_id=self._open.item_id)
             if "status" in partial:
                 partial["status"] = "incomplete"
             output.append(partial)
+        for block in self._pending.values():
+            # Held behind the open item, never streamed: what they got is output all the same
+            # (a finished tool call the client may want to see), in the order they started.
+            held = _item(_replayed(block), names=self._names, item_id=block.item_id)
+            if "status" in held and not block.stopped:
+                held["status"] = "incomplete"
+            output.append(held)
         assert self._response is not None
         response = dict(self._response)
         response.update(
@@ -994,6 +1133,23 @@ class ResponsesEncoder:
         events.append(_event("response.failed", {"response": response}))
         self._done = True
         return self._frame(events)
+
+
+def _replayed(block: _Block) -> AnswerPart:
+    """A held block's part with the deltas it holds applied."""
+    part = block.part
+    if isinstance(part, Text):
+        part = Text(part.text + "".join(d.value for d in block.deltas if d.kind == "text"))
+    elif isinstance(part, ToolUse):
+        arguments = "".join(d.value for d in block.deltas if d.kind == "arguments")
+        part = ToolUse(part.id, part.name, part.arguments + arguments)
+    elif isinstance(part, Thinking):
+        text = part.text + "".join(d.value for d in block.deltas if d.kind == "thinking")
+        signature = (part.signature or "") + "".join(
+            d.value for d in block.deltas if d.kind == "signature"
+        )
+        part = Thinking(text, signature or None)
+    return part
 
 
 def _empty(part: AnswerPart) -> AnswerPart:

@@ -6,13 +6,17 @@ route's), ``max_output_tokens`` (the allowance the reservation holds) and ``stor
 false. The proxy is stateless: a response stored under a pooled provider account could be
 read back by no one but whoever next draws that key (another tenant, possibly), and failover
 would scatter a conversation's stored turns over accounts none of which holds them all; the
-client sends the whole conversation in ``input`` instead (reasoning as encrypted content, when
-it asks for ``include: ["reasoning.encrypted_content"]``).
+client sends the whole conversation in ``input`` instead, reasoning as encrypted content:
+``include`` always gets ``reasoning.encrypted_content`` (added to what the client asked for),
+since a reasoning item the client sends back is refused by OpenAI unless it carries it.
 
 The answer and every stream event come back byte for byte but for the model name, swapped
 in the bytes of the events that carry a whole ``response`` (created, in progress, completed,
 incomplete, failed); the usage is read from ``response.completed`` / ``response.incomplete``
-only: every other event is passed on unread (deltas counted, not parsed).
+(and ``response.failed``, when it has one): every other event is passed on unread (deltas
+counted, not parsed). The provider's own ``response.failed``, and an ``error`` event in the
+shape the SDK reads, are relayed as sent and end the stream as a failure (billed as the
+provider's); a malformed ``error`` event is replaced by the proxy's.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ _LIFECYCLE = frozenset(
         "response.failed",
     }
 )
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 _FINAL = frozenset({"response.completed", "response.incomplete"})
 _READ = _LIFECYCLE | {"error"}
 
@@ -118,7 +123,7 @@ class ResponsesPassthroughStream:
         self._events = 0  # events passed on: the next one's sequence_number
 
     def error_event(self, error: ProxyError) -> bytes | None:
-        # The SDK's `error` event, numbered after the provider's last (OpenAI numbers a
+        # The SDK's `error` event, numbered after the last event passed on (OpenAI numbers a
         # stream's events 0, 1, 2...): what a stream that broke off ends with.
         event = {
             "type": "error",
@@ -133,7 +138,12 @@ class ResponsesPassthroughStream:
         data = event.data
         if data is None:
             return event.raw  # a comment (keep-alive)
-        self._events += 1
+        out = self._relay(event, data)
+        if out:
+            self._events += 1
+        return out
+
+    def _relay(self, event: SSEEvent, data: str) -> bytes:
         kind = event.event
         if kind is not None and kind not in _READ:
             if kind.endswith(".delta"):
@@ -145,6 +155,9 @@ class ResponsesPassthroughStream:
         if isinstance(obj.get("type"), str):
             kind = obj["type"]  # an event written without its `event:` line
         if kind == "error":
+            # Not relayed: the provider's words may name its set-up (its address, the key's
+            # label, the upstream model), so the client gets the proxy's redacted error event
+            # instead, numbered after the last event passed on.
             raise failed_mid_stream(_error_of(obj))
         if kind not in _LIFECYCLE:
             if kind is not None and kind.endswith(".delta"):
@@ -153,6 +166,10 @@ class ResponsesPassthroughStream:
         response = obj.get("response")
         response = response if isinstance(response, dict) else {}
         if kind == "response.failed":
+            # What it used is read, then it ends the stream as an `error` event does (the
+            # proxy's redacted error, never the provider's words).
+            if response.get("usage") is not None:
+                read_responses_usage(response.get("usage"), self.usage)
             raise _failure(response, stream=True)
         if kind in _FINAL:
             read_responses_usage(response.get("usage"), self.usage)
@@ -162,7 +179,18 @@ class ResponsesPassthroughStream:
         if swapped is None:
             renamed = {**obj, "response": {**response, "model": self._model.public}}
             swapped = f"event: {kind}\ndata: ".encode() + dumps(renamed) + b"\n\n"
-        return swapped
+        return self._numbered(swapped, obj)
+
+    def _numbered(self, raw: bytes, obj: dict[str, Any]) -> bytes:
+        """``raw``, its sequence_number made the next one the client expects when it is not
+        (an event dropped before it); as sent otherwise."""
+        if obj.get("sequence_number") == self._events:
+            return raw
+        kind = obj.get("type")
+        renumbered = {**obj, "sequence_number": self._events}
+        if isinstance(obj.get("response"), dict):
+            renumbered["response"] = {**obj["response"], "model": self._model.public}
+        return f"event: {kind}\ndata: ".encode() + dumps(renumbered) + b"\n\n"
 
 
 class ResponsesPassthrough:
@@ -173,6 +201,10 @@ class ResponsesPassthrough:
         payload["model"] = route.upstream_model
         payload["max_output_tokens"] = max_tokens
         payload["store"] = False  # stateless: see the module docs
+        # Unstored, a reasoning item can come back in the next turn only as its encrypted
+        # content: OpenAI refuses an input reasoning item it neither stored nor can decrypt.
+        if ENCRYPTED_REASONING not in call.include:
+            payload["include"] = [*call.include, ENCRYPTED_REASONING]
         return UpstreamRequest(f"{route.provider.base_url}/responses", payload, {})
 
     def completion(

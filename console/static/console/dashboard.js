@@ -5,7 +5,26 @@
 // re-read shortly after, so the page never drifts from what admission sees.
 (function () {
   "use strict";
-  var root = document.getElementById("console-dashboard");
+
+  // As console.selectors.usd_text (usage.admin.usd): exactly to the nano-dollar, trailing
+  // zeros dropped but at least cents ("$0.0000002", "$1.50", "$1,234.567"). Integer
+  // arithmetic on the nanos: a float's toFixed would round a tiny cost to $0.000000.
+  function usd(nanos) {
+    var n = Math.round(Number(nanos));
+    var sign = n < 0 ? "-" : "";
+    n = Math.abs(n);
+    var whole = Math.floor(n / 1e9);
+    var fraction = String(n % 1e9).padStart(9, "0").replace(/0+$/, "");
+    while (fraction.length < 2) fraction += "0";
+    return sign + "$" + whole.toLocaleString("en-US") + "." + fraction;
+  }
+
+  // For tests run under Node (tests/test_dashboard.py); browsers have no ``module``.
+  if (typeof module !== "undefined" && module.exports) {
+    module.exports = {usd: usd};
+  }
+
+  var root = typeof document === "undefined" ? null : document.getElementById("console-dashboard");
   if (!root) {
     return;
   }
@@ -17,16 +36,6 @@
 
   function count(n) {
     return Number(n).toLocaleString("en-US");
-  }
-
-  // As console.selectors.usd_text: enough decimals for costs under a cent.
-  function usd(nanos) {
-    var dollars = Number(nanos) / 1e9;
-    if (nanos === 0) return "$0.00";
-    if (Math.abs(dollars) >= 1) {
-      return "$" + dollars.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
-    }
-    return "$" + dollars.toFixed(Math.abs(dollars) >= 0.01 ? 4 : 6);
   }
 
   function percent(used, cap) {
