@@ -130,14 +130,10 @@ def _model_label(context: TenantContext, asked: str) -> str:
     return next((target for prefix, target in context.patterns if asked.startswith(prefix)), "")
 
 
-async def _ajourney(
-    request: HttpRequest,
-    *,
-    codec: ClientCodec[Any],
-    request_id: str,
-    headers: dict[str, str],
-    scope: metrics.RequestScope,
-) -> HttpResponseBase:
+async def _aresolve(
+    request: HttpRequest, *, codec: ClientCodec[Any], scope: metrics.RequestScope
+) -> tuple[TenantContext, bytes, Call, tuple[Route, ...]]:
+    """Who asks, what, and which routes may serve it: the start of every journey."""
     if request.method != "POST":
         raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
     context = await aauthenticate(request)
@@ -148,6 +144,18 @@ async def _ajourney(
     if not routes:
         raise model_not_found(call.model)
     scope.model = _model_label(context, call.model)
+    return context, raw, call, routes
+
+
+async def _ajourney(
+    request: HttpRequest,
+    *,
+    codec: ClientCodec[Any],
+    request_id: str,
+    headers: dict[str, str],
+    scope: metrics.RequestScope,
+) -> HttpResponseBase:
+    context, raw, call, routes = await _aresolve(request, codec=codec, scope=scope)
     now = timezone.now()
     downgraded_from = ""
     downgrade = context.limits.downgrade_model
@@ -240,16 +248,7 @@ async def _acount(
     headers: dict[str, str],
     scope: metrics.RequestScope,
 ) -> HttpResponseBase:
-    if request.method != "POST":
-        raise ProxyError(405, "Use POST.", code="method_not_allowed", headers={"Allow": "POST"})
-    context = await aauthenticate(request)
-    scope.tier, scope.tenant = context.tier_slug, context.slug
-    raw = request.body
-    call: Call = codec.parse(raw, request.headers)
-    routes = context.routes_for(call.model)
-    if not routes:
-        raise model_not_found(call.model)
-    scope.model = _model_label(context, call.model)
+    context, raw, call, routes = await _aresolve(request, codec=codec, scope=scope)
     if routes[0].provider.kind != "anthropic":
         return JsonResponse({"input_tokens": tokens_in(len(raw))})
     # Failover stays among the routes that can count.
