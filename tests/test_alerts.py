@@ -125,7 +125,8 @@ async def test_it_records_a_crossing_once_for_the_dashboard_without_a_webhook(
     await client.hset(keys.week, mapping={"used_tokens": 60, "used_nanos": 0, "seeded": 1})
 
     async def check() -> list[alerts.Crossing]:
-        return await alerts.acheck(tenant_id=tenant.pk, tier_id=tier.pk, week_id=week)
+        plan = alerts.Plan(thresholds=(50, 80), token_cap=100, cost_cap_nanos=None)
+        return await alerts.acheck(plan=plan, tenant_id=tenant.pk, tier_id=tier.pk, week_id=week)
 
     async def recorded() -> list[AlertEvent]:
         for _ in range(100):

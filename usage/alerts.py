@@ -9,8 +9,8 @@ its cost cap, each a *kind* of alert. Three steps, each in its own place:
    it with ``SET NX`` and appends the event to the tenant's outbox stream in the same atomic
    step. The claim is shared by every process, so each threshold of each kind fires once per
    tenant per week however many processes see it reached at once. No HTTP and no database
-   here: the tier's thresholds and caps come from a per-process cache loaded in a worker
-   thread.
+   here: the tier's thresholds and the tenant's caps come with the settlement (the limits
+   it was admitted under, from the tenant's cached context).
 2. **Record and deliver**, off the request path (:class:`_Deliveries`, one task per
    process's event loop, started by its first settlement like the ledger drainer): it
    reads the outboxes with a consumer group, writes the :class:`~usage.models.AlertEvent`
@@ -62,7 +62,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from core.redis import ScriptRegistry
-from core.singleflight import SingleFlight
+from tenants.limits import Limits
 from tenants.models import Tenant, Tier
 from usage import counters
 from usage.bill import NANOS, Bill, to_nanos
@@ -106,6 +106,17 @@ class Plan:
     thresholds: tuple[int, ...]
     token_cap: int | None
     cost_cap_nanos: int | None
+
+    @classmethod
+    def of(cls, limits: Limits) -> Plan:
+        """From the limits a request was admitted under (the tenant's cached context, kept
+        current across processes as the proxy's own limits are)."""
+        cost_cap = limits.weekly_cost_cap_usd
+        return cls(
+            thresholds=limits.alert_thresholds,
+            token_cap=limits.weekly_token_cap,
+            cost_cap_nanos=None if cost_cap is None else to_nanos(cost_cap),
+        )
 
     def caps(self) -> list[tuple[str, int]]:
         # A cap of 0 refuses everything: every threshold of it would be "reached" at once.
@@ -171,52 +182,6 @@ return claimed
 _SCRIPTS = ScriptRegistry({"claim": CLAIM})
 
 
-# --- the plans: thresholds and caps, without a database call on the loop ------------------
-
-
-def _load_plan(tenant_id: int) -> Plan | None:
-    tenant = Tenant.objects.select_related("tier").filter(pk=tenant_id).first()
-    if tenant is None:
-        return None
-    cost_cap = tenant.weekly_cost_cap_usd
-    return Plan(
-        thresholds=tenant.tier.thresholds,
-        token_cap=tenant.weekly_token_cap,
-        cost_cap_nanos=None if cost_cap is None else to_nanos(cost_cap),
-    )
-
-
-class _Plans:
-    """Per-process cache of plans, for PROXY_CONTEXT_TTL (the tenant contexts' staleness
-    bound), dropped at once by this process's configuration changes."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[float, Plan | None]] = {}
-        self._loads: SingleFlight[int, Plan | None] = SingleFlight()
-        self._generation = 0
-
-    def invalidate(self, **kwargs: Any) -> None:
-        self._entries.clear()
-        self._generation += 1
-
-    async def aget(self, tenant_id: int) -> Plan | None:
-        hit = self._entries.get(tenant_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        return await self._loads.run(tenant_id, lambda: self._aload(tenant_id))
-
-    async def _aload(self, tenant_id: int) -> Plan | None:
-        generation = self._generation
-        plan: Plan | None = await database_sync_to_async(_load_plan, thread_sensitive=False)(
-            tenant_id
-        )
-        if generation == self._generation:
-            self._entries[tenant_id] = (time.monotonic() + settings.PROXY_CONTEXT_TTL, plan)
-        return plan
-
-
-plans = _Plans()
-
 # The crossings this process knows are claimed (by it or another), per tenant-week: a
 # tenant past its thresholds costs one HMGET per settlement, never a script call.
 _known: dict[tuple[int, str], set[tuple[str, int]]] = {}
@@ -225,13 +190,18 @@ _known: dict[tuple[int, str], set[tuple[str, int]]] = {}
 # --- 1. the claim --------------------------------------------------------------------------
 
 
-async def acheck(*, tenant_id: int, tier_id: int, week_id: str) -> list[Crossing]:
+async def acheck(*, plan: Plan, tenant_id: int, tier_id: int, week_id: str) -> list[Crossing]:
     """Claim the thresholds the tenant's week has newly reached; returns those this call
-    claimed (their events are in the outbox). Raises only for Redis (and the plan's load)."""
-    plan = await plans.aget(tenant_id)
-    if plan is None or not plan.thresholds or not plan.caps():
+    claimed (their events are in the outbox). Raises only for Redis."""
+    if not plan.thresholds or not plan.caps():
         return []
-    known = _known.setdefault((tenant_id, week_id), set())
+    known = _known.get((tenant_id, week_id))
+    if known is None:
+        # A new week for this tenant: what the process knew of its earlier weeks goes (the
+        # memory stays bounded by the tenants it serves, not by the weeks it has run).
+        for stale in [key for key in _known if key[0] == tenant_id]:
+            del _known[stale]
+        known = _known[(tenant_id, week_id)] = set()
     if len(known) == len(plan.thresholds) * len(plan.caps()):
         return []  # every one claimed already
     week_key = counters.keys_for(tenant_id, week_id).week
@@ -279,7 +249,9 @@ async def acheck(*, tenant_id: int, tier_id: int, week_id: str) -> list[Crossing
     return mine
 
 
-async def on_bill_settled(sender: Any, *, bill: Bill, settled: bool, **kwargs: Any) -> None:
+async def on_bill_settled(
+    sender: Any, *, bill: Bill, settled: bool, limits: Limits | None = None, **kwargs: Any
+) -> None:
     """The ``bill_settled`` receiver: quick (one HMGET, rarely a script call), never raises.
 
     A check that fails (Redis unreachable) is not retried: the next settlement of the
@@ -290,10 +262,12 @@ async def on_bill_settled(sender: Any, *, bill: Bill, settled: bool, **kwargs: A
     # running courier finds them (its first poll scans every outbox). A restarted process
     # takes them over at its first settlement, not at its first claim of its own.
     deliveries.start()
-    if not settled:
+    if not settled or limits is None:
         return  # a late settlement adds nothing to the week
     try:
-        await acheck(tenant_id=bill.tenant_id, tier_id=bill.tier_id, week_id=bill.week)
+        await acheck(
+            plan=Plan.of(limits), tenant_id=bill.tenant_id, tier_id=bill.tier_id, week_id=bill.week
+        )
     except _UNREACHABLE as exc:
         logger.warning("%s: spend alerts not checked (%r)", bill.request_id, exc)
     except Exception:

@@ -8,13 +8,10 @@ class UsageConfig(AppConfig):
     verbose_name = "Usage"
 
     def ready(self) -> None:
-        from core.signals import config_changed
         from usage import alerts, metrics
         from usage.signals import bill_settled
 
-        # Spend alerts check their thresholds after every settlement; a configuration
-        # change drops this process's cached thresholds and caps at once.
+        # Spend alerts check their thresholds after every settlement.
         bill_settled.connect(alerts.on_bill_settled, dispatch_uid="usage-spend-alerts")
-        config_changed.connect(alerts.plans.invalidate, dispatch_uid="usage-alert-plans")
         # Prometheus: each settled bill counts its request, tokens and cost.
         bill_settled.connect(metrics.on_bill_settled, dispatch_uid="usage-metrics")

@@ -41,7 +41,7 @@ from django.conf import settings
 from core import metrics
 from core.errors import ProxyError
 from core.singleflight import SingleFlight
-from tenants.limits import Account
+from tenants.limits import Account, Limits
 from usage import counters
 from usage.bill import NANOS, Bill, Price, Tokens, to_nanos
 from usage.ledger import (
@@ -85,6 +85,9 @@ class Admission:
     pending: Bill | None = None
     progress: Callable[[], Tokens] | None = None
     reserved_tokens: int = 0
+    # The tenant's limits it was admitted under (its cached context's): what bill_settled's
+    # receivers compare the week with, without a database read of their own.
+    limits: Limits | None = None
     admitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -247,6 +250,7 @@ async def aadmit(
         week=week,
         pending=pending,
         reserved_tokens=tokens,
+        limits=limits,
     )
     call = counters.admit_call(
         tenant_id=account.tenant_id,
@@ -429,7 +433,13 @@ async def _admit_degraded(
             max_tokens=max_tokens,
             completions=completions,
         )
-    return Admission(request_id=request_id, tenant_id=account.tenant_id, week=week, reserved=False)
+    return Admission(
+        request_id=request_id,
+        tenant_id=account.tenant_id,
+        week=week,
+        reserved=False,
+        limits=account.limits,
+    )
 
 
 def _lease_ms() -> int:
@@ -608,7 +618,7 @@ async def asettle(admission: Admission, bill: Bill) -> None:
             exc_info=True,
         )
         await _write_direct(record)
-        await _announce(bill, settled=True)
+        await _announce(bill, settled=True, limits=admission.limits)
         return
     if not settled and admission.pending is not None:
         logger.warning(
@@ -618,12 +628,13 @@ async def asettle(admission: Admission, bill: Bill) -> None:
             bill.tokens.total,
         )
     _drainer.note(admission.tenant_id)
-    await _announce(bill, settled=bool(settled))
+    await _announce(bill, settled=bool(settled), limits=admission.limits)
 
 
-async def _announce(bill: Bill, *, settled: bool) -> None:
+async def _announce(bill: Bill, *, settled: bool, limits: Limits | None) -> None:
     # send_robust's async twin: a receiver's failure must not become the request's.
-    for receiver, result in await bill_settled.asend_robust(None, bill=bill, settled=settled):
+    sent = await bill_settled.asend_robust(None, bill=bill, settled=settled, limits=limits)
+    for receiver, result in sent:
         if isinstance(result, Exception):
             logger.error(
                 "%s: a bill_settled receiver (%r) failed",
