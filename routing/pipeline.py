@@ -484,6 +484,8 @@ def _log_refusal(request_id: str, *, codec: ClientCodec[Any], error: ProxyError)
 def _log_request(bill: Bill, *, context: TenantContext, key_label: str) -> None:
     """The request's one INFO line: with LOG_FORMAT=json, one object a log pipeline can
     index (no token, key or prompt in it: the key's label only)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return  # the fields below are built for every request: not when nobody reads them
     tokens = bill.tokens
     logger.info(
         "%s %s %s -> %s %s %d tokens in %d ms",
