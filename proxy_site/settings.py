@@ -204,6 +204,9 @@ PROXY_CONTEXT_TTL = env_float("PROXY_CONTEXT_TTL", 30.0, minimum=0.0)
 # How often a process asks Redis whether another process changed tenants, tiers or routes.
 PROXY_CONTEXT_POLL = env_float("PROXY_CONTEXT_POLL", 0.5, minimum=0.0)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
+# What carries upstream requests (core/http.py): aiohttp's connector, whose cost per request
+# stays flat however many are open, or httpx's own (httpcore), whose pool does not.
+PROXY_UPSTREAM_TRANSPORT = env_choice("PROXY_UPSTREAM_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
 # The most a provider's non-streamed answer may be, decoded (a gzip bomb is measured by what
 # it inflates to): a 502 past it, and the worker never holds more. The largest real chat
 # completion is a few MiB (a long answer, n > 1, logprobs); 32 MiB leaves room for all that.

@@ -293,17 +293,35 @@ def test_it_routes_daphnes_access_log_and_twisteds_log_through_logging(
 # --- a live proxy logging JSON --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+TRANSPORTS: dict[str, str] = {}  # json_proxy's URL -> its PROXY_UPSTREAM_TRANSPORT
+
+
+# Both upstream transports (core/http.py): each one's trace must carry request ids and no
+# secret; httpcore's is the chattier (it logs every step of every connection).
+@pytest.fixture(scope="module", params=["aiohttp", "httpx"])
 def json_proxy(
-    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory, jwt_keys: JwtKeys
+    request: pytest.FixtureRequest,
+    django_db_setup: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    jwt_keys: JwtKeys,
 ) -> Iterator[LiveProxy]:
     proxy = start_proxy(
         tmp_dir=tmp_path_factory.mktemp("json-logs"),
         jwt_keys=jwt_keys,
-        extra_env={"LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"},
+        extra_env={
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "DEBUG",
+            "PROXY_UPSTREAM_TRANSPORT": request.param,
+        },
     )
+    TRANSPORTS[proxy.url] = request.param
     yield proxy
     stop_proxy(proxy)
+
+
+def client_trace(proxy: LiveProxy) -> set[str]:
+    """The HTTP client's loggers a request's lines must include on this proxy."""
+    return {"httpx", "httpcore.http11"} if TRANSPORTS[proxy.url] == "httpx" else {"httpx"}
 
 
 def parsed(proxy: LiveProxy) -> list[dict[str, Any]]:
@@ -405,7 +423,7 @@ def test_it_logs_every_line_as_json_with_the_request_id_it_was_logged_for(
     for s in sent:
         mine = [line for line in lines if line.get("request_id") == s.request_id]
         loggers = {line["logger"] for line in mine}
-        assert {"routing.pipeline", "httpx", "httpcore.http11"} <= loggers, loggers
+        assert {"routing.pipeline", *client_trace(json_proxy)} <= loggers, loggers
         # One request line, and Daphne's access line (sent from the request's own task).
         assert [line["event"] for line in mine if "event" in line] == ["request", "access"]
         # Whatever was logged while the request was served carries its id: nothing has
@@ -522,7 +540,7 @@ def test_it_never_logs_a_secret(
     assert "Bearer" not in text
     # The scan saw everything: the HTTP client's trace, and the failures' lines.
     loggers = {line["logger"] for line in lines}
-    assert {"httpcore.http11", "httpx", "routing.pipeline", "tenants.auth"} <= loggers
+    assert {*client_trace(json_proxy), "routing.pipeline", "tenants.auth"} <= loggers
     statuses = {line["status"] for line in lines if line.get("event") == "request"}
     assert {"ok", "upstream_error"} <= statuses, statuses
 
