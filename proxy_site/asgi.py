@@ -10,13 +10,17 @@ reads the body; the ASGI body-size guard stays as its fallback. In front of both
 sits the slow-client guard, which bounds what a streamed answer may hold for a client that
 reads slowly (proxy_site/backpressure.py). Both guards are checked against the installed
 Daphne and Twisted once, at import. WebSockets (the staff console's live dashboard) go to
-Channels' router, behind the admin session.
+Channels' router, behind the admin session. A new process warms up (proxy_site/warmup.py)
+before it reports ready: at the lifespan start-up event, or under Daphne, which sends none,
+from its reactor's first tick.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_site.settings")
@@ -51,6 +55,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from console.routing import websocket_urlpatterns  # noqa: E402
+from proxy_site import warmup  # noqa: E402
+from proxy_site.handlers import lifespan  # noqa: E402
+
+if settings.PROXY_WARMUP and "daphne.server" in sys.modules:
+    # Daphne speaks no ASGI lifespan: warm from the first tick of its reactor instead (with
+    # uvicorn or granian, the lifespan start-up event does it before they listen).
+    from twisted.internet import reactor
+
+    # callWhenRunning fires before the loop runs; callLater(0) runs on its first tick.
+    reactor.callWhenRunning(reactor.callLater, 0, warmup.start)
 
 http = BodySizeLimit(
     SlowClientGuard(route_by_path(api=ProxyAPIHandler(), default=django_application))
@@ -58,6 +72,7 @@ http = BodySizeLimit(
 application = ProtocolTypeRouter(
     {
         "http": http,
+        "lifespan": lifespan(on_startup=warmup.start if settings.PROXY_WARMUP else None),
         # The staff console's live updates: the admin's session authenticates them, and only
         # pages of this site (ALLOWED_HOSTS) may open one.
         "websocket": AllowedHostsOriginValidator(

@@ -120,6 +120,24 @@ class ProxyAPIHandler(ASGIHandler):
         body_file.close()
 
 
+def lifespan(*, on_startup: Callable[[], Awaitable[None]] | None) -> ASGIApp:
+    """The ASGI lifespan protocol, for servers that speak it (uvicorn, granian; not Daphne):
+    `on_startup` runs to its end before the server is told it may listen."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if on_startup is not None:
+                    await on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return app
+
+
 def route_by_path(*, api: ASGIApp, default: ASGIApp) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):

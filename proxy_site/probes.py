@@ -6,7 +6,8 @@ database nor Redis: `/healthz` says the process serves requests (liveness), not 
 dependencies are up (readiness). `/readyz` is readiness: the database answers a
 ``SELECT 1``, Redis a PING, and the ledger drain keeps up (its oldest waiting entry is
 younger than PROXY_READYZ_LEDGER_MAX_AGE), each checked at once within PROXY_READYZ_TIMEOUT;
-503 names the parts that failed. `/metrics` is the Prometheus exposition of every process of
+503 names the parts that failed, and "warm-up" while a new process is still warming up
+(proxy_site/warmup.py). `/metrics` is the Prometheus exposition of every process of
 this host (core/metrics.py), for a bearer token when PROXY_METRICS_TOKEN is set, else for
 clients in PROXY_METRICS_NETWORKS (by the connection's address: an X-Forwarded-For header
 proves nothing).
@@ -35,6 +36,7 @@ from django.views.decorators.http import require_safe
 
 from core import metrics
 from core.redis import RedisFailure, async_client, embedded
+from proxy_site import warmup
 from usage.metrics import BacklogCollector, abacklog
 
 logger = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     names = list(_CHECKS)
     outcomes = await asyncio.gather(*(_outcome(name, seconds=timeout) for name in names))
     checks = dict(zip(names, outcomes, strict=True))
+    if warmup.warming():  # not ready until its first request costs what the next ones do
+        checks["warm-up"] = "warming"
     failing = [name for name, outcome in checks.items() if outcome != "ok"]
     body: dict[str, object] = {"status": "not ready" if failing else "ready", "checks": checks}
     if failing:

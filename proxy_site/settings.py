@@ -207,6 +207,10 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env_int("PROXY_UPSTREAM_MAX_CONNECTIONS", 512, 
 # What carries upstream requests (core/http.py): aiohttp's connector, whose cost per request
 # stays flat however many are open, or httpx's own (httpcore), whose pool does not.
 PROXY_UPSTREAM_TRANSPORT = env_choice("PROXY_UPSTREAM_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
+# Warm at start (proxy_site/warmup.py): connections, scripts, the busiest tenants' contexts
+# and the upstream client ready before /readyz says ready; each step within the timeout.
+PROXY_WARMUP = env_bool("PROXY_WARMUP", True)
+PROXY_WARMUP_TIMEOUT = env_float("PROXY_WARMUP_TIMEOUT", 10.0, minimum=0.1)
 # The most a provider's non-streamed answer may be, decoded (a gzip bomb is measured by what
 # it inflates to): a 502 past it, and the worker never holds more. The largest real chat
 # completion is a few MiB (a long answer, n > 1, logprobs); 32 MiB leaves room for all that.

@@ -225,11 +225,30 @@ class LiveProxy:
         return self.log_path.read_text(errors="replace")
 
 
+# How each ASGI server the app is tested on serves it (Daphne is the default the design
+# names; tests/test_servers.py runs the others).
+SERVER_COMMANDS = {
+    "daphne": ("-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "proxy_site.asgi:application"),
+    "uvicorn": (
+        *("-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}"),
+        *("--loop", "uvloop", "--http", "httptools", "proxy_site.asgi:application"),
+    ),
+    "granian": (
+        *("-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}"),
+        *("--loop", "uvloop", "--workers", "1", "proxy_site.asgi:application"),
+    ),
+}
+
+
 def start_proxy(
-    *, tmp_dir: Path, jwt_keys: JwtKeys, extra_env: dict[str, str] | None = None
+    *,
+    tmp_dir: Path,
+    jwt_keys: JwtKeys,
+    extra_env: dict[str, str] | None = None,
+    server: str = "daphne",
 ) -> LiveProxy:
     port = free_port()
-    log_path = tmp_dir / f"daphne-{port}.log"
+    log_path = tmp_dir / f"{server}-{port}.log"
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
@@ -245,16 +264,7 @@ def start_proxy(
     }
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "proxy_site.asgi:application",
-        ],
+        [sys.executable, *(arg.format(port=port) for arg in SERVER_COMMANDS[server])],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -264,15 +274,22 @@ def start_proxy(
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"daphne exited early:\n{log_path.read_text()}")
+            raise RuntimeError(f"{server} exited early:\n{log_path.read_text()}")
         try:
             httpx.get(f"{url}/v1/models", timeout=1)
             break
         except httpx.HTTPError:
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"daphne did not start:\n{log_path.read_text()}") from None
+                raise RuntimeError(f"{server} did not start:\n{log_path.read_text()}") from None
             time.sleep(0.1)
+    # As a load balancer would: no traffic before the process has warmed up (whatever else
+    # /readyz says, which some tests make fail on purpose).
+    while "warm-up" in httpx.get(f"{url}/readyz", timeout=5).json().get("checks", {}):
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{server} did not warm up:\n{log_path.read_text()}")
+        time.sleep(0.05)
     return LiveProxy(url=url, process=process, log_path=log_path)
 
 

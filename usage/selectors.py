@@ -162,3 +162,15 @@ def tenant_caps(*, slugs: list[str]) -> dict[str, Caps]:
         t.slug: Caps(token_cap=t.weekly_token_cap, cost_cap_usd=t.weekly_cost_cap_usd)
         for t in tenants
     }
+
+
+def busiest_tenant_slugs(*, since: datetime, limit: int) -> list[str]:
+    """The active tenants with the most requests since `since`, busiest first (what a new
+    process loads before it reports ready: the tenants its first requests will come from)."""
+    rows = (
+        UsageRecord.objects.filter(created_at__gte=since, tenant__status=Tenant.Status.ACTIVE)
+        .values("tenant__slug")
+        .annotate(requests=Count("id"))
+        .order_by("-requests")[:limit]
+    )
+    return [row["tenant__slug"] for row in rows]
