@@ -60,14 +60,25 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]  # un
             await self.send_json({"type": "pong"})
 
     async def usage_settled(self, event: dict[str, Any]) -> None:
+        if await self._still_allowed():
+            await self.send_json(event)
+
+    async def usage_batch(self, event: dict[str, Any]) -> None:
+        """What a process settled in its last moment (console/live.py): to the browser one
+        ``usage.settled`` event at a time, as if each had come alone."""
+        if await self._still_allowed():
+            for settled in event["events"]:
+                await self.send_json(settled)
+
+    async def _still_allowed(self) -> bool:
         if time.monotonic() - self.checked_at > RECHECK_SECONDS:
             self.checked_at = time.monotonic()
             # The session and the user as they are now, not as they were at the handshake.
             user = await get_user(self.scope)
             if not is_staff(user) or not await _has_perm(user):
                 await self.close(code=REFUSED)
-                return
-        await self.send_json(event)
+                return False
+        return True
 
 
 async def _has_perm(user: Any) -> bool:

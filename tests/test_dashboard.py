@@ -446,6 +446,32 @@ async def test_it_never_holds_or_fails_a_request_over_the_dashboard(
     assert time.monotonic() - started < live.SEND_TIMEOUT + 0.5
 
 
+class _RecordingLayer:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+@pytest.mark.core
+async def test_it_publishes_a_moment_of_settlements_as_one_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layer = _RecordingLayer()
+    monkeypatch.setattr(live, "get_channel_layer", lambda: layer)
+    bills = [_bill(tenant_id=7) for _ in range(50)]
+    for bill in bills:
+        await live.on_bill_settled(None, bill=bill, settled=True)
+    assert layer.sent == []  # nothing on the requests' own path
+    for _ in range(100):
+        if layer.sent:
+            break
+        await asyncio.sleep(live.FLUSH_SECONDS / 2)
+    assert [m["type"] for m in layer.sent] == ["usage.batch"]
+    assert [e["request_id"] for e in layer.sent[0]["events"]] == [b.request_id for b in bills]
+
+
 def _other_process(request: pytest.FixtureRequest, proxy: LiveProxy) -> LiveProxy:
     # Across processes the channel layer is Redis; without Redis (the zero-setup pass) each
     # process has its own in-memory layer, so the request goes through the same one.
