@@ -95,3 +95,16 @@ async def test_it_is_not_ready_while_warming_up(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(warmup, "_done", True)
     response = await AsyncClient().get("/readyz")
     assert "warm-up" not in response.json()["checks"]
+
+
+def test_it_freezes_what_start_up_made_out_of_the_collectors_view() -> None:
+    import gc
+
+    threshold = gc.get_threshold()
+    try:
+        warmup._settle_the_heap()
+        assert gc.get_freeze_count() > 10_000  # the modules, settings and contexts
+        assert gc.get_threshold() == warmup.GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
