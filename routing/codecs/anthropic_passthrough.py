@@ -19,7 +19,14 @@ from django.conf import settings
 
 from core.errors import ProxyError
 from routing.codecs.anthropic_messages import MessagesRequest
-from routing.codecs.base import UpstreamRequest, Usage, dumps, event_object, failed_mid_stream
+from routing.codecs.base import (
+    UpstreamRequest,
+    Usage,
+    dumps,
+    event_object,
+    failed_mid_stream,
+    loads,
+)
 from routing.codecs.messages_provider import AnthropicUsage
 from routing.codecs.openai_passthrough import ModelName
 from routing.context import Route
@@ -119,10 +126,7 @@ class AnthropicPassthrough:
         return UpstreamRequest(f"{route.provider.base_url}/v1/messages", payload, headers)
 
     def completion(self, *, route: Route, call: MessagesRequest, raw: bytes) -> tuple[bytes, Usage]:
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
+        obj = loads(raw)
         if not isinstance(obj, dict):
             raise _malformed()
         if obj.get("type") == "error" or ("error" in obj and "content" not in obj):

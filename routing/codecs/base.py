@@ -11,10 +11,12 @@ the same format, a translation otherwise. Adding a format adds codecs, not pipel
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from django.http import HttpResponse
 
 from core.errors import ProxyError
@@ -201,14 +203,34 @@ def failed_mid_stream(error: Any, *, stream: bool = True) -> ProxyError:
     return ProxyError(502, f"The provider failed{where}{detail}", code="upstream_error")
 
 
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_B = re.compile(rb"[0-9]{19}")
+
+
+def loads(data: str | bytes) -> Any:
+    """``json.loads``, or None where it fails; through orjson first, several times faster on
+    the events of every stream. orjson refuses what the standard parser takes beyond strict
+    JSON (NaN, lone surrogates, UTF-16 bytes): those go to the standard parser. It reads an
+    integer past 64 bits as a float, where the standard parser keeps it exact: text with a
+    run of 19 digits or more (the longest 64-bit integer has 19) goes there too. So what is
+    accepted, and as what, is exactly ``json.loads``'s."""
+    digits = _LONG_DIGITS.search(data) if isinstance(data, str) else _LONG_DIGITS_B.search(data)
+    if digits is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 def event_object(data: str) -> dict[str, Any]:
     """A provider's stream event data as the JSON object it must be, or a 502: anything else
     (an HTML error page from a gateway in front of the provider, say) means the stream can
     be trusted neither to be whole nor to be billed as answered."""
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        obj = None
+    obj = loads(data)
     if not isinstance(obj, dict):
         raise ProxyError(
             502, "The provider's stream carried an event that is not JSON.", code="upstream_error"

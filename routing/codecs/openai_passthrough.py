@@ -18,6 +18,7 @@ from routing.codecs.base import (
     dumps,
     event_object,
     failed_mid_stream,
+    loads,
     sse_data,
     token_counts,
 )
@@ -232,10 +233,7 @@ class OpenAIPassthrough:
         return UpstreamRequest(f"{route.provider.base_url}/chat/completions", payload, {})
 
     def completion(self, *, route: Route, call: ChatRequest, raw: bytes) -> tuple[bytes, Usage]:
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
+        obj = loads(raw)
         if not isinstance(obj, dict):
             raise ProxyError(502, "The provider sent a malformed response.", code="upstream_error")
         if "error" in obj and "choices" not in obj:
