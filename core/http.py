@@ -185,16 +185,22 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
         try:
             # Whatever has arrived, as soon as it has: a stream's events are relayed one
             # network read at a time, never held back to fill a buffer.
-            async for chunk in self._response.content.iter_any():
+            async for chunk in content.iter_any():
                 yield chunk
-        except aiohttp.ClientPayloadError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
-        except aiohttp.ServerTimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc), request=self._request) from exc
         except (aiohttp.ClientError, OSError) as exc:
+            # aiohttp raises the break ahead of what arrived before it; those bytes were
+            # sent (and billed by the provider), so the client gets them, then the error.
+            arrived = _arrived_before_the_break(content)
+            if arrived:
+                yield arrived
+            if isinstance(exc, aiohttp.ClientPayloadError):
+                raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise httpx.ReadTimeout(str(exc), request=self._request) from exc
             raise httpx.ReadError(str(exc), request=self._request) from exc
 
     async def aclose(self) -> None:
@@ -204,3 +210,14 @@ class _AiohttpStream(httpx.AsyncByteStream):
             self._response.release()
         else:
             self._response.close()
+
+
+def _arrived_before_the_break(content: aiohttp.StreamReader) -> bytes:
+    """What the reader holds unread after its connection broke. aiohttp's public reads raise
+    the stored error first, whatever is buffered; its own buffer read does not (checked on
+    the locked aiohttp by tests/test_http_client.py, which fails should that change)."""
+    read_buffered = getattr(content, "_read_nowait", None)
+    if read_buffered is None or not getattr(content, "_buffer", None):
+        return b""
+    data: bytes = read_buffered(-1)
+    return data
