@@ -1,6 +1,7 @@
 """The dashboard's live feed: a WebSocket per open dashboard, in the group every settled
 request is announced to (console/live.py), on whichever process served it: the channel layer
-carries it across processes (Redis publish/subscribe when REDIS_URL is set)."""
+carries it across processes (Redis publish/subscribe on CHANNEL_LAYER_REDIS_URL, which is
+REDIS_URL's server, or a node of its cluster, unless set apart)."""
 
 from __future__ import annotations
 

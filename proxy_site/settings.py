@@ -155,13 +155,42 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # REDIS_URL unset: an embedded in-process store that runs the same Lua scripts (one process
 # only). Set: real Redis, which is also Django's cache through django-redis.
 REDIS_URL = env_str("REDIS_URL")
-if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+# REDIS_CLUSTER=true: REDIS_URL names a Redis Cluster by one or more of its nodes, as
+# comma-separated redis:// or rediss:// URLs (the client learns every other node from any
+# of them, so more than one only matters when a seed may be down at start). The first URL's
+# credentials and TLS options hold for every node; a cluster has database 0 only. Every key
+# a script, pipeline or stream read touches at once shares its tenant's hash tag, so nothing
+# spans two slots (core/redis.py, usage/counters.py); Django's cache then goes through the
+# same cluster client (core/cache.py).
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+_REDIS_SEEDS = [url.strip() for url in REDIS_URL.split(",") if url.strip()]
+if REDIS_CLUSTER:
+    if not _REDIS_SEEDS:
+        raise ImproperlyConfigured("REDIS_CLUSTER is on: REDIS_URL must name the cluster's nodes.")
+    for _seed in _REDIS_SEEDS:
+        _parts = urlsplit(_seed)
+        if _parts.scheme not in ("redis", "rediss") or not _parts.hostname:
+            raise invalid_value("REDIS_URL", _seed, "redis:// or rediss:// URLs of cluster nodes")
+        if _parts.path.strip("/") not in ("", "0"):
+            raise invalid_value("REDIS_URL", _seed, "no database number (a cluster has only 0)")
+elif REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
     raise invalid_value("REDIS_URL", REDIS_URL, "a redis://, rediss:// or unix:// URL")
 # Short on purpose: an unreachable Redis must turn into a clear 503 well within a second.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.3, minimum=0.01)
+# Per node on a cluster.
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 256, minimum=1)
 
-if REDIS_URL:
+CACHES: dict[str, dict[str, Any]]
+if REDIS_CLUSTER:
+    CACHES = {
+        "default": {
+            # django-redis has no cluster client: this one borrows core/redis.py's.
+            "BACKEND": "core.cache.ClusterRedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "llmproxy",
+        }
+    }
+elif REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
@@ -222,7 +251,23 @@ PROXY_MAX_ANSWER_BYTES = env_int("PROXY_MAX_ANSWER_BYTES", 32 * 1024 * 1024, min
 PROXY_MAX_EVENT_BYTES = env_int("PROXY_MAX_EVENT_BYTES", 8 * 1024 * 1024, minimum=65536)
 # The staff console's live updates reach every process over the channel layer: through Redis
 # when there is one (publish/subscribe: nothing is stored), else in process (one process).
-_REDIS_DB = urlsplit(REDIS_URL).path.strip("/") or "0"
+# CHANNEL_LAYER_REDIS_URL is that Redis, REDIS_URL's by default. channels-redis has no cluster
+# client, and needs none: it only publishes and subscribes, which any one node of a Redis
+# Cluster serves for the whole cluster (a message published on one node reaches subscribers
+# on every other), so on a cluster it defaults to the first seed node, used as a plain Redis.
+# Each message is then copied to every node of the cluster: a busy proxy on a large cluster
+# may point this at a small Redis of its own instead.
+CHANNEL_LAYER_REDIS_URL = env_str("CHANNEL_LAYER_REDIS_URL") or (
+    _REDIS_SEEDS[0] if REDIS_CLUSTER else REDIS_URL
+)
+if CHANNEL_LAYER_REDIS_URL and urlsplit(CHANNEL_LAYER_REDIS_URL).scheme not in (
+    "redis",
+    "rediss",
+    "unix",
+):
+    raise invalid_value(
+        "CHANNEL_LAYER_REDIS_URL", CHANNEL_LAYER_REDIS_URL, "a redis://, rediss:// or unix:// URL"
+    )
 CHANNEL_LAYERS = {
     "default": (
         {
@@ -230,11 +275,11 @@ CHANNEL_LAYERS = {
             # Publish/subscribe channels ignore the database number: the prefix carries it,
             # so deployments sharing a Redis server on different databases stay apart.
             "CONFIG": {
-                "hosts": [REDIS_URL],
-                "prefix": f"lp:ch:{urlsplit(REDIS_URL).path.strip('/') or 0}",
+                "hosts": [CHANNEL_LAYER_REDIS_URL],
+                "prefix": f"lp:ch:{urlsplit(CHANNEL_LAYER_REDIS_URL).path.strip('/') or 0}",
             },
         }
-        if REDIS_URL
+        if CHANNEL_LAYER_REDIS_URL
         else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
     )
 }

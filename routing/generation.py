@@ -11,6 +11,8 @@ import uuid
 
 from core.redis import RedisFailure, async_client, sync_client
 
+# One key, so on a Redis Cluster one master holds it; that master down, changes reach the
+# other processes within PROXY_CONTEXT_TTL instead (the reads below answer None).
 CONFIG_GENERATION_KEY = "lp:config:generation"
 
 

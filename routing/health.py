@@ -24,7 +24,11 @@ from routing.context import PooledKey
 
 logger = logging.getLogger(__name__)
 
-# pooled key id -> "cool:<until ms>" or "off", shared by every process.
+# pooled key id -> "cool:<until ms>" or "off", shared by every process. One key for the whole
+# pool, so on a Redis Cluster it sits on one master: each process reads it at most every
+# PROXY_CONTEXT_POLL, and it is never in a script with a tenant's keys (another slot). That
+# master down, a process learns of a key's trouble only from its own requests with it; a
+# refused key still leaves every process's contexts through the database.
 KEY_HEALTH_KEY = "lp:keyhealth"
 
 

@@ -81,6 +81,15 @@ def settings_in_new_process(cwd: Path, **env: str) -> dict[str, object]:
         ({"PROXY_CONTEXT_TTL": "-1"}, "PROXY_CONTEXT_TTL='-1' is not valid"),
         ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL='mysql://db/x' is not valid"),
         ({"REDIS_URL": "http://cache"}, "REDIS_URL='http://cache' is not valid"),
+        ({"REDIS_CLUSTER": "yes"}, "REDIS_CLUSTER is on: REDIS_URL must name"),
+        (
+            {"REDIS_CLUSTER": "yes", "REDIS_URL": "redis://a:7000,redis://b:7000/2"},
+            "REDIS_URL='redis://b:7000/2' is not valid: expected no database number",
+        ),
+        (
+            {"CHANNEL_LAYER_REDIS_URL": "http://feed"},
+            "CHANNEL_LAYER_REDIS_URL='http://feed' is not valid",
+        ),
         (
             {"PROXY_ENCRYPTION_KEYS": "not-a-key"},
             "PROXY_ENCRYPTION_KEYS entry #1 is not a valid Fernet key",

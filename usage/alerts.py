@@ -61,7 +61,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from core.redis import ScriptRegistry
+from core.redis import RedisFailure, ScriptRegistry
 from tenants.limits import Limits
 from tenants.models import Tenant, Tier
 from usage import counters
@@ -82,7 +82,7 @@ _SCAN_EVERY_S = 30.0  # every outbox, for entries whose claimer died before deli
 _ORPHAN_IDLE_MS = 60_000  # well past a delivery's timeout: its owner is gone
 _OUTBOX_MAXLEN = 1000  # per tenant; a week has at most 2 x 100 crossings
 _CONCURRENT_DELIVERIES = 8
-_UNREACHABLE = (redis.RedisError, OSError)
+_UNREACHABLE = RedisFailure
 
 
 def outbox_key(tenant_id: int) -> str:

@@ -1,6 +1,8 @@
 """The one owner of usage state in Redis: every key name and Lua script of caps and the ledger.
 
-Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot)::
+Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot, and so
+does every pipeline or stream read of one tenant; a pipeline over several tenants is never a
+transaction, so a cluster client splits it by node)::
 
     lp:{t:7}:week:<week>   hash   used_tokens, used_nanos, seeded   (TTL: the week + 14 days)
     lp:{t:7}:resv          zset   request id -> reservation expiry (ms): the lease, renewed
@@ -19,6 +21,11 @@ Per tenant (hash tag ``{t:<id>}``, so each script touches one Redis Cluster slot
     lp:{t:7}:ledger:dead   stream entries that could not be stored (their tenant was deleted)
     lp:{t:7}:lock          string held while the ledger moves to the database or the week is
                                   rebuilt from it, so the two never count an entry twice
+
+The expiry (below) adds a lost request to the week it was admitted in, a key it builds from
+the tenant's prefix rather than one it was given: the same hash tag, so the same slot as the
+script's declared keys, which is all Redis Cluster asks (tests/test_redis_cluster.py checks
+every script's keys). No script touches a key of another tenant or a global one.
 
 A reservation whose lease ran out (its worker died, or stopped renewing it) is expired by
 the next ADMIT of its tenant or by a SWEEP (every process's ledger drainer runs them): its
@@ -43,12 +50,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
 from django.conf import settings
 
 from core import redis as core_redis
-from core.redis import ScriptRegistry
+from core.redis import AsyncClient, ScriptRegistry, SyncClient
 
 
 def tenant_prefix(tenant_id: int) -> str:
@@ -527,9 +532,9 @@ class Scripts:
         self.unlock = handles["unlock"]
 
 
-def async_scripts(client: aredis.Redis) -> Scripts:
+def async_scripts(client: AsyncClient) -> Scripts:
     return Scripts(_SCRIPTS.on(client))
 
 
-def sync_scripts(client: redis.Redis) -> Scripts:
+def sync_scripts(client: SyncClient) -> Scripts:
     return Scripts(_SCRIPTS.on_sync(client))

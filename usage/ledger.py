@@ -16,7 +16,6 @@ see usage/counters.py (SWEEP) and usage/limits.py (the lost-request policy).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -26,11 +25,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import redis
+import orjson
 from django.db import DataError, IntegrityError, models, transaction
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
+from core.redis import SyncClient
 from usage import counters
 from usage.bill import NANOS
 from usage.models import UsageRecord, WeekReset
@@ -47,7 +47,9 @@ class LockBusy(Exception):
 
 
 def record_to_json(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"))
+    # orjson: one per request on the hot path (the pending record), and one parse per row in
+    # the drain; a record holds only strings, integers, booleans and None.
+    return orjson.dumps(record).decode()
 
 
 # The record's counts and the largest value each column holds. A record past them is refused
@@ -106,10 +108,10 @@ def _record_of(row: UsageRecord) -> dict[str, Any]:
 
 
 def _row(payload: bytes | str) -> UsageRecord:
-    return record_row(json.loads(payload))
+    return record_row(orjson.loads(payload))
 
 
-def sweep_tenant(client: redis.Redis, tenant_id: int, *, now_ms: int | None = None) -> int:
+def sweep_tenant(client: SyncClient, tenant_id: int, *, now_ms: int | None = None) -> int:
     """Bill a tenant's requests whose lease ran out as lost; returns how many.
 
     Their entries join the ledger stream (drained as any other). No lock: the script is one
@@ -120,7 +122,7 @@ def sweep_tenant(client: redis.Redis, tenant_id: int, *, now_ms: int | None = No
     return int(counters.sync_scripts(client).sweep(**call))
 
 
-def sweep_all(client: redis.Redis, *, now_ms: int | None = None) -> int:
+def sweep_all(client: SyncClient, *, now_ms: int | None = None) -> int:
     """Sweep every tenant that holds reservations (SCAN: for the worker, not the hot path)."""
     tenants = {
         counters.tenant_id_of_ledger(key.decode() if isinstance(key, bytes) else key)
@@ -130,7 +132,7 @@ def sweep_all(client: redis.Redis, *, now_ms: int | None = None) -> int:
 
 
 def _settled_already(
-    client: redis.Redis, tenant_id: int, parsed: list[tuple[bytes, dict[bytes, bytes], UsageRecord]]
+    client: SyncClient, tenant_id: int, parsed: list[tuple[bytes, dict[bytes, bytes], UsageRecord]]
 ) -> set[bytes]:
     """Lost entries whose request has a row already; returns their entry ids.
 
@@ -159,7 +161,7 @@ def _settled_already(
 
 
 @contextmanager
-def tenant_lock(client: redis.Redis, tenant_id: int, *, wait: float = 5.0) -> Iterator[None]:
+def tenant_lock(client: SyncClient, tenant_id: int, *, wait: float = 5.0) -> Iterator[None]:
     key = counters.keys_for(tenant_id, "-").lock
     token = secrets.token_hex(8)
     deadline = time.monotonic() + wait
@@ -173,7 +175,7 @@ def tenant_lock(client: redis.Redis, tenant_id: int, *, wait: float = 5.0) -> It
         counters.sync_scripts(client).unlock(keys=[key], args=[token])
 
 
-def _drain_locked(client: redis.Redis, tenant_id: int) -> int:
+def _drain_locked(client: SyncClient, tenant_id: int) -> int:
     stream = counters.keys_for(tenant_id, "-").ledger
     moved = 0
     while True:
@@ -215,7 +217,7 @@ def _existing(model: type[models.Model], field: str, ids: set[int | None]) -> se
     return set(related._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
 
 
-def _insert_one_by_one(client: redis.Redis, tenant_id: int, rows: list[UsageRecord]) -> None:
+def _insert_one_by_one(client: SyncClient, tenant_id: int, rows: list[UsageRecord]) -> None:
     """A batch that broke a constraint: keep every row that can be kept.
 
     A route or pooled key deleted while its usage was still in Redis leaves the row without
@@ -244,13 +246,13 @@ def _insert_one_by_one(client: redis.Redis, tenant_id: int, rows: list[UsageReco
             )
 
 
-def drain_tenant(client: redis.Redis, tenant_id: int) -> int:
+def drain_tenant(client: SyncClient, tenant_id: int) -> int:
     """Move a tenant's settled entries into the database; returns how many."""
     with tenant_lock(client, tenant_id):
         return _drain_locked(client, tenant_id)
 
 
-def ledger_tenants(client: redis.Redis) -> list[int]:
+def ledger_tenants(client: SyncClient) -> list[int]:
     """Tenants whose ledger stream holds entries (SCAN: for the worker, not the hot path)."""
     return sorted(
         counters.tenant_id_of_ledger(key.decode() if isinstance(key, bytes) else key)
@@ -258,7 +260,7 @@ def ledger_tenants(client: redis.Redis) -> list[int]:
     )
 
 
-def drain_all(client: redis.Redis) -> int:
+def drain_all(client: SyncClient) -> int:
     moved = 0
     for tenant_id in ledger_tenants(client):
         try:
@@ -296,7 +298,7 @@ def week_ttl(week: Week) -> int:
 
 
 def seed_week(
-    client: redis.Redis, *, tenant_id: int, week: Week, force: bool = False, lock_wait: float = 5.0
+    client: SyncClient, *, tenant_id: int, week: Week, force: bool = False, lock_wait: float = 5.0
 ) -> bool:
     """Build a tenant-week's counters from the ledger (drained rows + entries still in Redis).
 
@@ -314,7 +316,7 @@ def seed_week(
     return bool(done)
 
 
-def reconcile(client: redis.Redis) -> int:
+def reconcile(client: SyncClient) -> int:
     """Add rows written straight to the database (Redis was down) to the live counters."""
     from usage.weeks import week_starting
 

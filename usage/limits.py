@@ -34,12 +34,12 @@ from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
-import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
 from core import metrics
 from core.errors import ProxyError
+from core.redis import RedisFailure
 from core.singleflight import SingleFlight
 from tenants.limits import Account, Limits
 from usage import counters
@@ -68,7 +68,7 @@ _REASONS = {
     "rpm": "requests_per_minute",
     "concurrency": "concurrency",
 }
-_UNREACHABLE = (redis.RedisError, OSError, LockBusy)
+_UNREACHABLE = (*RedisFailure, LockBusy)
 
 
 @dataclass

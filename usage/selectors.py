@@ -7,10 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import redis
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
+from core.redis import RedisFailure
 from tenants.models import Tenant
 from usage import counters
 from usage.bill import NANOS
@@ -38,7 +38,7 @@ def tenants_week_usage(*, tenants: list[Tenant], week: Week) -> dict[int, WeekUs
             pipe.hmget(keys.week, ["used_tokens", "used_nanos", "seeded"])
             pipe.hget(keys.resv_tot, "tokens")
         replies = pipe.execute()
-    except redis.RedisError:
+    except RedisFailure:
         replies = []
     for index, tenant in enumerate(tenants):
         if replies:

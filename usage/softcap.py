@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-import redis
-
+from core.redis import RedisFailure
 from tenants.limits import Account
 from usage import counters
 from usage.bill import to_nanos
@@ -35,7 +34,7 @@ async def asoft_capped(*, account: Account, now: datetime) -> bool:
     keys = counters.keys_for(account.tenant_id, week_of(now).id)
     try:
         tokens, nanos = await counters.async_client().hmget(keys.week, "used_tokens", "used_nanos")
-    except (redis.RedisError, OSError):
+    except RedisFailure:
         logger.warning("%s: the soft cap could not be checked", account.slug, exc_info=True)
         return False
     # Compared in whole numbers: percent / 100 of a cap, reached or passed.
