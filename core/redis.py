@@ -71,6 +71,10 @@ def _fake_server() -> Any:
     return fakeredis.FakeServer()
 
 
+# Seconds a call waits for a free pooled connection when all REDIS_MAX_CONNECTIONS are busy.
+POOL_WAIT = 1.0
+
+
 def _common_options() -> dict[str, Any]:
     return {
         "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
@@ -122,8 +126,12 @@ def async_client() -> AsyncClient:
         if clustered():
             client = _async_cluster(seed_urls(settings.REDIS_URL))
         elif settings.REDIS_URL:
-            client = aredis.Redis.from_url(
+            pool = aredis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL,
+                # With every connection busy (a thousand streams settling at once), a call
+                # waits this long for one to come free; redis-py's default pool refuses it at
+                # once (MaxConnectionsError), and the settlement took its slow path.
+                timeout=POOL_WAIT,
                 health_check_interval=30,
                 # One immediate retry: a pooled connection that died with a Redis restart is
                 # replaced at once, and a Redis that is really down still fails well within
@@ -131,6 +139,7 @@ def async_client() -> AsyncClient:
                 retry=AsyncRetry(NoBackoff(), 1),
                 **_common_options(),
             )
+            client = aredis.Redis(connection_pool=pool)
         else:
             import fakeredis
 

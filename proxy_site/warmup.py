@@ -39,6 +39,7 @@ from routing.generation import aconfig_generation
 from routing.health import key_health
 from tenants.auth import trusted_keys
 from usage import counters
+from usage.limits import start_ledger_drain
 from usage.selectors import busiest_tenant_slugs
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ def _open_sync_redis() -> None:
 
 async def _aledger() -> None:
     # The ledger drain's own client (sync, on a thread): the first drain, a second after the
-    # first request, would otherwise import and connect it while requests are served.
+    # first request, would otherwise import and connect it while requests are served. Then
+    # the drainer itself: entries a stopped process left would otherwise wait for this one's
+    # first request, and /readyz (whose ledger check they fail) would keep traffic away.
     await database_sync_to_async(_open_sync_redis, thread_sensitive=False)()
+    start_ledger_drain()
 
 
 async def _atenants() -> None:

@@ -180,3 +180,19 @@ def test_it_counts_the_embedded_store_as_always_ready(
         assert body["checks"]["redis"] == "ok"
     finally:
         stop_proxy(proxy)
+
+
+def test_it_drains_what_a_stopped_process_left_before_it_serves_a_request(
+    transactional_db: None, tmp_path: Path, jwt_keys: JwtKeys, own_redis: RedisServer
+) -> None:
+    # A process that stopped left an entry an hour old; the new one gets no traffic until
+    # it is ready, so its drainer must not wait for a first request to start.
+    stream = "lp:{t:999999}:ledger"
+    own_redis.client().xadd(stream, {"r": "{}"}, id=f"{int(time.time() * 1000) - 3_600_000}-0")
+    proxy = proxy_with(tmp_path, jwt_keys, REDIS_URL=own_redis.url)
+    try:
+        body = wait_for(proxy, 200, within=10.0)
+        assert body["checks"]["ledger"] == "ok"
+        assert own_redis.client().xlen(stream) == 0
+    finally:
+        stop_proxy(proxy)

@@ -673,6 +673,9 @@ class _Drainer:
 
     def note(self, tenant_id: int) -> None:
         self.pending.add(tenant_id)
+        self.start()
+
+    def start(self) -> None:
         if not settings.PROXY_LEDGER_WORKER:
             return
         loop = asyncio.get_running_loop()
@@ -713,3 +716,10 @@ def _drain_once(tenants: set[int], full: bool) -> None:
 
 
 _drainer = _Drainer()
+
+
+def start_ledger_drain() -> None:
+    """Start this event loop's ledger drainer now rather than at its first settlement: its
+    first pass scans every tenant, so what a stopped process left in the ledger streams is
+    stored (and /readyz's ledger check passes) before any traffic comes."""
+    _drainer.start()
