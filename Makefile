@@ -121,8 +121,10 @@ test-zero-setup: install
 
 test: lint typecheck test-services test-zero-setup
 
+# The proxy on Daphne, uvicorn and granian against direct and LiteLLM (bench/README.md);
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--database-url postgres://... --redis-url ...".
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache $(AGENTS)/node_modules

@@ -1,22 +1,24 @@
 #!/usr/bin/env python
-"""Benchmark the proxy against the mock provider it forwards to, both measured in one run.
+"""Benchmark the proxy against the mock provider it forwards to and against LiteLLM, in one run.
 
-    .venv/bin/python bench/run.py            # full run, about 3 minutes
-    .venv/bin/python bench/run.py --quick    # smoke run, about 30 seconds
+    .venv/bin/python bench/run.py            # full run, about 10 minutes (+1.5 the first time)
+    .venv/bin/python bench/run.py --quick    # smoke run, about 4-5 minutes
+    .venv/bin/python bench/run.py --only idle --only cold      # some sections only
     .venv/bin/python bench/run.py --compare-clients   # which load generator to use
     .venv/bin/python bench/run.py --baseline-ref REF --redis-url redis://...
                                              # also an older revision's proxy, same rounds
 
-The script starts its own mock provider and proxy (Daphne) on free loopback ports, in a
+The script starts its own mock provider, the proxy on Daphne, uvicorn and granian (one
+process each, pinned to one core; the mock and the load generator share the other) and
+LiteLLM (installed once from bench/litellm/requirements.lock into bench/.litellm-venv), in a
 temporary var dir with a temporary SQLite database unless --database-url / --redis-url (or
-DATABASE_URL / REDIS_URL) name other stores, and stops them on exit, Ctrl-C included.
+DATABASE_URL / REDIS_URL) name other stores, and stops them all on exit, Ctrl-C included.
 
-Each scenario (route x stream x concurrency) is measured in several short rounds that alternate
-direct (client -> mock) and proxy (client -> proxy -> mock), so both see the same machine
-conditions; the report gives both sides' figures and their ratio. With --baseline-ref, a third
-target joins the rotation: the proxy built from an older git revision (a detached worktree,
-its own var dir and SQLite file), so the cost of everything added since shows as current vs
-baseline, measured in the same rounds. See bench/README.md.
+Sections, in this order: the main pair (chat completions to an OpenAI-kind provider) at
+c = 1, 16, 64, streamed and not, on every server, LiteLLM and direct; every other client
+format on every provider kind at c = 16; two Daphne processes against one; chunk-forwarding
+delay; 1,000 open idle streams; the cold first request; then issue 12's targets, met or
+missed. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -34,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchlib import litellm
 from benchlib.baseline import (
     Baseline,
     baseline_stores,
@@ -43,118 +47,83 @@ from benchlib.baseline import (
     start_baseline,
 )
 from benchlib.client import CLIENTS
-from benchlib.common import BENCH_CONFIG, MOCK_CHUNKS, RESULTS_DIR, BenchError, log
-from benchlib.measure import compare_clients, probe, run_scenario
-from benchlib.processes import Processes, child_env, choose_stores, run_guarded, start_stack
+from benchlib.common import BENCH_CHUNKS, RESULTS_DIR, BenchError, log
+from benchlib.gateways import Gateways, start_gateways
+from benchlib.measure import compare_clients
+from benchlib.processes import Processes, child_env, choose_stores, run_guarded
 from benchlib.report import machine_info, markdown_report, write_results
-from benchlib.scenarios import Endpoint, RequestSpec, Scenario, scenarios
-from benchlib.stats import ScenarioResult, process_rss_mb
+from benchlib.scenarios import scenarios
+from benchlib.sections import Bench, make_plan, wanted
+from benchlib.servers import SERVERS, Pinning
+from benchlib.stats import tree_rss_mb
+from benchlib.targets import evaluate
 
 
-async def bench_async(
-    args: argparse.Namespace,
-    *,
-    mock_port: int,
-    proxy_port: int,
-    token: str,
-    pids: dict[str, int],
-    baseline: Endpoint | None = None,
-) -> list[ScenarioResult]:
-    chosen = [s for s in scenarios() if not args.only or any(o in s.label for o in args.only)]
+def raise_fd_limit(needed: int) -> int:
+    """Room for the idle streams' sockets, here and (inherited) in every child."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, needed)
+    if hard != resource.RLIM_INFINITY:
+        want = min(hard, want)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
-    def specs_of(scenario: Scenario) -> dict[str, RequestSpec]:
-        return scenario.specs(
-            mock_port=mock_port, proxy_port=proxy_port, token=token, baseline=baseline
-        )
 
-    # Every kind of request to every target once, before timing anything.
-    for scenario in chosen:
-        if scenario.concurrency == 1:
-            for target, spec in specs_of(scenario).items():
-                await probe(spec, args.client, f"{scenario.label} {target}")
-    results = []
-    for scenario in chosen:
-        specs = specs_of(scenario)
-        results.append(
-            await run_scenario(
-                scenario,
-                specs,
-                client=args.client,
-                rounds=args.rounds,
-                seconds=args.seconds,
-                warmup=args.warmup,
-                pids=pids,
-            )
-        )
-    return results
+def needs_litellm(args: argparse.Namespace) -> bool:
+    labels = [s.label for s in scenarios() if s.section != "scaling"] + ["chunks"]
+    return any(wanted(args, label) for label in labels)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     started = time.monotonic()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     machine = machine_info()
+    plan = make_plan(args)
     # A mistyped ref must fail before anything is started.
     rev = resolve_baseline(args.baseline_ref) if args.baseline_ref else None
+    fd_limit = raise_fd_limit(2 * args.idle_streams + 512)
+    pinning = Pinning(not args.no_pin)
+    pinning.pin_self()
+    if not args.no_litellm and not needs_litellm(args):
+        args.no_litellm = "no section of this run measures it"
     workdir = Path(tempfile.mkdtemp(prefix="llm-proxy-bench-"))
     stores = choose_stores(args, workdir)
-    processes = Processes(workdir, child_env(workdir, stores, None))
+    gw: Gateways | None = None
     baseline: Baseline | None = None
-    base_rss: dict[str, float | None] = {"start": None, "end": None}
     try:
-        log(f"bench: work dir {workdir}; database {stores.database_label}")
-        mock_port, token, proxy_port = start_stack(
-            processes, stores, config=BENCH_CONFIG, tenant="bench"
-        )
-        proxy_pid = processes.pids()["proxy"]
-        rss_start = process_rss_mb(proxy_pid)
-        pids = processes.pids()
+        log(f"bench: work dir {workdir}; database {stores.database_label}; {pinning.describe()}")
+        installed_before = litellm.installed()
+        gw = start_gateways(args, workdir, stores, pinning)
+        setup_s = time.monotonic() - started
         if rev is not None:
             log(f"bench: baseline {rev.title}")
-            baseline_dir = workdir / "baseline"
             base_stores = baseline_stores(
-                baseline_dir,
+                workdir / "baseline",
                 database_url=args.baseline_database_url,
                 redis_url=args.baseline_redis_url,
             )
-            baseline = new_baseline(rev, baseline_dir, mock_port, base_stores)
+            baseline = new_baseline(rev, workdir / "baseline", gw.mock_port, base_stores)
             try:
-                start_baseline(baseline)
+                start_baseline(baseline, cpus=pinning.proxy)
             except BenchError as exc:
                 raise BenchError(f"baseline {rev.title}: {exc}") from None
-            pids |= baseline.processes.pids()
-            base_rss["start"] = process_rss_mb(pids["baseline"])
         log(
-            f"bench: mock on :{mock_port}, proxy on :{proxy_port}"
-            + (f", baseline on :{baseline.port}" if baseline else "")
-            + f"; setup took {time.monotonic() - started:.1f} s"
+            f"bench: mock on :{gw.mock_port}; "
+            + ", ".join(f"{n} on :{e.port}" for n, e in gw.endpoints.items())
+            + f"; set-up took {setup_s:.1f} s"
         )
-        try:
-            results = asyncio.run(
-                bench_async(
-                    args,
-                    mock_port=mock_port,
-                    proxy_port=proxy_port,
-                    token=token,
-                    pids=pids,
-                    baseline=baseline.endpoint if baseline else None,
-                )
-            )
-        except BenchError as exc:
-            # A failed probe is nearly always explained by the proxy's own log.
-            problem = f"{exc}\nproxy output:\n{processes.output('proxy')}"
-            if baseline is not None:
-                problem += f"\nbaseline output:\n{baseline.processes.output('baseline')}"
-            raise BenchError(problem) from None
-        # Memory that grows with the requests served shows here (the whole run's worth).
-        rss_end = process_rss_mb(proxy_pid)
-        if baseline is not None:
-            base_rss["end"] = process_rss_mb(pids["baseline"])
-        if any(t.errors for r in results for t in r.tallies.values()):
-            log(f"bench: there were errors; proxy output:\n{processes.output('proxy')}")
-            if baseline is not None:
-                log(f"bench: baseline output:\n{baseline.processes.output('baseline')}")
+        rss_start = tree_rss_mb(gw.pids()["daphne"])
+        findings = asyncio.run(Bench(args, gw, plan, baseline).run())
+        rss_end = tree_rss_mb(gw.pids()["daphne"])
+        if findings.failed():
+            for name in gw.servers:
+                log(f"bench: there were errors; {name} output:\n{gw.processes.output(name)}")
     finally:
-        processes.stop()
+        if gw is not None:
+            gw.processes.stop()
+            # Before the work dir (and the logs in it) goes.
+            gw.log_warnings()
         if baseline is not None:
             baseline.processes.stop()
             # Before the work dir goes: the worktree lives inside it.
@@ -164,20 +133,43 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    lite_note = gw.notes["litellm"][0].splitlines()[0] if "litellm" in gw.notes else ""
+    findings.notes = gw.notes
+    findings.checks = evaluate(
+        grid=findings.grid,
+        scaling=findings.scaling,
+        chunks=findings.chunks,
+        idle=findings.idle,
+        cold=findings.cold,
+        litellm_missing="" if "litellm" in gw.endpoints else "no LiteLLM",
+    )
     meta: dict[str, Any] = {
         "date": date,
-        "machine": machine,
+        "machine": machine | {"loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "stores": {"database": stores.database_label, "counters": stores.counters_label},
         "mode": "quick" if args.quick else "full",
-        "rounds": args.rounds,
-        "seconds": args.seconds,
-        "warmup": args.warmup,
+        "plan": {
+            "grid": str(plan.grid),
+            "pairs": str(plan.pairs),
+            "chunks": f"{plan.chunk_rounds} rounds of {plan.chunk_seconds} s per target",
+            "idle_window_s": plan.idle_window,
+            "cold_starts": plan.cold_starts,
+        },
         "client": args.client,
-        "mock_chunks": MOCK_CHUNKS,
+        "chunks": BENCH_CHUNKS,
+        "pinning": pinning.describe(),
+        "servers": gw.servers,
+        "upstream_max_connections": gw.processes.env.get("PROXY_UPSTREAM_MAX_CONNECTIONS"),
+        "fd_limit": fd_limit,
+        "litellm": {
+            "version": litellm.version() if "litellm" in gw.endpoints else None,
+            "status": "measured" if "litellm" in gw.endpoints else lite_note,
+            "installed_this_run": not installed_before and litellm.installed(),
+        },
+        "setup_s": round(setup_s, 1),
         "duration_s": time.monotonic() - started,
-        "proxy_rss_mb": {"start": rss_start, "end": rss_end},
-        # Measured requests only; the warm-ups and probes served before rss_end come on top.
-        "proxy_requests_served": sum(r.tallies["proxy"].requests for r in results),
+        "daphne_rss_mb": {"start": rss_start, "end": rss_end},
+        "idle_note": f"The load generator's open-file limit: {fd_limit}.",
     }
     if baseline is not None:
         meta["baseline"] = {
@@ -188,30 +180,28 @@ def run_bench(args: argparse.Namespace) -> int:
             "database": baseline.stores.database_label,
             "counters": baseline.stores.counters_label,
             "config_dropped": baseline.config_dropped,
-            "rss_mb": base_rss,
-            "requests_served": sum(r.tallies["baseline"].requests for r in results),
         }
-    meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = markdown_report(meta, results)
-    data = {"meta": meta, "scenarios": [r.summary() for r in results]}
-    write_results("bench", Path(args.output), report, data, as_json=args.json)
-    failed = any(t.errors for r in results for t in r.tallies.values())
-    return 1 if failed else 0
+    report = markdown_report(meta, findings, gw.servers)
+    write_results("bench", Path(args.output), report, findings.data(meta), as_json=args.json)
+    return 1 if findings.failed() else 0
 
 
 def run_compare_clients(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="llm-proxy-bench-"))
     stores = choose_stores(args, workdir)
     processes = Processes(workdir, child_env(workdir, stores, None))
+    rounds = args.rounds or 4
+    seconds = args.seconds or 2.0
+    warmup = 1.0 if args.warmup is None else args.warmup
     try:
         mock_port = processes.start_mock()
         table_text = asyncio.run(
             compare_clients(
                 mock_port=mock_port,
                 pid=processes.pids()["mock"],
-                rounds=args.rounds,
-                seconds=args.seconds,
-                warmup=args.warmup,
+                rounds=rounds,
+                seconds=seconds,
+                warmup=warmup,
             )
         )
     finally:
@@ -220,7 +210,7 @@ def run_compare_clients(args: argparse.Namespace) -> int:
     print(
         f"# Load generators against the mock directly ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"nproc {os.cpu_count()}, Python {platform.python_version()})\n\n"
-        f"{args.rounds} alternating rounds of {args.seconds} s each. The better client is the "
+        f"{rounds} alternating rounds of {seconds} s each. The better client is the "
         "one giving the higher direct req/s at lower client CPU.\n\n" + table_text
     )
     return 0
@@ -228,10 +218,13 @@ def run_compare_clients(args: argparse.Namespace) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark the proxy against the mock provider directly, in one run."
+        description="Benchmark the proxy on three ASGI servers against the mock directly and "
+        "against LiteLLM, in one run."
     )
-    parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
-    parser.add_argument("--rounds", type=int, help="alternating rounds per scenario")
+    parser.add_argument(
+        "--quick", action="store_true", help="a ~4-5 min smoke run: every section, shorter"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds per closed-loop scenario")
     parser.add_argument("--seconds", type=float, help="seconds per target per round")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per target per scenario")
     parser.add_argument(
@@ -241,7 +234,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         metavar="TEXT",
-        help="run only scenarios whose label contains TEXT, e.g. 'openai non-stream' (repeatable)",
+        help="run only the scenarios and sections whose label contains TEXT, e.g. 'grid', "
+        "'pairs', 'scaling', 'chunks', 'idle', 'cold', 'stream c=16', 'messages>' (repeatable)",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"ASGI servers to serve the proxy on, comma-separated (default {','.join(SERVERS)};"
+        " daphne is always included)",
+    )
+    parser.add_argument(
+        "--no-litellm", action="store_true", help="do not install or measure LiteLLM"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="pin no process to a core")
+    parser.add_argument(
+        "--idle-streams", type=int, default=1000, help="open idle streams per server (1000)"
     )
     parser.add_argument("--database-url", help="the proxy's database (default: temporary SQLite)")
     parser.add_argument("--redis-url", help="the proxy's Redis (default: embedded store)")
@@ -249,7 +256,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--baseline-ref",
         metavar="REF",
         help="also measure the proxy built from git revision REF (a detached worktree, own "
-        "stores and var dir) in the same rounds, and report current vs baseline",
+        "stores and var dir) in the main grid's rounds, and report current vs baseline",
     )
     parser.add_argument(
         "--baseline-database-url",
@@ -272,13 +279,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure the raw and httpx load generators against the mock, then exit",
     )
     args = parser.parse_args(argv)
-    quick_defaults = {"rounds": 2, "seconds": 0.8, "warmup": 0.4}
-    full_defaults = {"rounds": 5, "seconds": 2.4, "warmup": 1.0}
-    for name, value in (quick_defaults if args.quick else full_defaults).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.rounds < 1 or args.seconds <= 0 or args.warmup < 0:
-        parser.error("--rounds must be >= 1, --seconds > 0 and --warmup >= 0")
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(
+            f"--servers: unknown {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}"
+        )
+    args.servers = [s for s in SERVERS if s in servers or s == "daphne"]
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if (args.seconds is not None and args.seconds <= 0) or (args.warmup or 0) < 0:
+        parser.error("--seconds must be > 0 and --warmup >= 0")
+    if args.idle_streams < 1:
+        parser.error("--idle-streams must be >= 1")
     if args.baseline_ref and args.compare_clients:
         parser.error("--baseline-ref measures proxies; --compare-clients measures no proxy")
     return args
@@ -289,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(
         "bench",
         lambda: run_compare_clients(args) if args.compare_clients else run_bench(args),
-        "the mock and the proxy (and any baseline) were stopped",
+        "the mock, the proxies and LiteLLM (and any baseline) were stopped",
     )
 
 

@@ -207,8 +207,9 @@ def new_baseline(rev: BaselineRev, workdir: Path, mock_port: int, stores: Stores
     return Baseline(rev, workdir, tree, Processes(workdir, env, root=tree), stores)
 
 
-def start_baseline(baseline: Baseline) -> None:
-    """Check out the revision in a detached worktree and serve it like the current proxy."""
+def start_baseline(baseline: Baseline, *, cpus: set[int] | None = None) -> None:
+    """Check out the revision in a detached worktree and serve it like the current proxy
+    (Daphne, on the cores the current proxy has)."""
     rev, tree, workdir = baseline.rev, baseline.tree, baseline.workdir
     added = git("worktree", "add", "--detach", str(tree), rev.commit, timeout=120)
     if added.returncode != 0:
@@ -229,4 +230,4 @@ def start_baseline(baseline: Baseline) -> None:
     baseline.processes.manage("migrate", "--noinput")
     baseline.config_dropped = apply_config_compatible(baseline.processes, workdir)
     baseline.token = baseline.processes.manage("issue_token", "bench", "--ttl", "1d").strip()
-    baseline.port = baseline.processes.start_proxy(name="baseline")
+    baseline.port = baseline.processes.start_proxy(name="baseline", cpus=cpus)

@@ -91,14 +91,22 @@ class RawConnection(asyncio.Protocol):
             if self._pattern.search(self._body, max(0, self._scanned - 16)):
                 self._first = now
             self._scanned = len(self._body)
+        self.body_grew(now)
         if done:
-            reply = Reply(self._status, bytes(self._body), self._first)
+            reply = self.make_reply()
             close = self._close
             self._start_response()
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(reply)
             if close and self.transport is not None:
                 self.transport.close()
+
+    def body_grew(self, now: float) -> None:
+        """Called after each read with what has arrived of the body; for subclasses that
+        look at every chunk (the chunk-forwarding measurement)."""
+
+    def make_reply(self) -> Reply:
+        return Reply(self._status, bytes(self._body), self._first)
 
     def _parse(self) -> bool:
         """Consume what can be consumed; True once the response is complete."""
@@ -170,6 +178,13 @@ class RawSession:
         )
         return protocol
 
+    async def connect(self, worker: int) -> None:
+        """Open a worker's connection ahead of its first request (which then times no
+        connect)."""
+        conn = self._conns[worker]
+        if conn is None or conn.lost:
+            self._conns[worker] = await self._connect()
+
     async def request(self, worker: int) -> Reply:
         conn = self._conns[worker]
         if conn is None or conn.lost:
@@ -181,6 +196,35 @@ class RawSession:
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
         await asyncio.sleep(0)  # let the transports finish closing
+
+
+async def get(port: int, path: str) -> Reply:
+    """One GET on a connection of its own (a probe such as /readyz); OSError if refused."""
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: RawConnection(None), HOST, port)
+    try:
+        head = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
+        return await conn.send(head.encode())
+    finally:
+        if conn.transport is not None:
+            conn.transport.close()
+
+
+class SplitSession:
+    """Workers dealt round-robin over several processes serving the same thing (two proxy
+    processes behind one load generator), each with its own keep-alive connection."""
+
+    def __init__(self, specs: list[RequestSpec], concurrency: int) -> None:
+        share = -(-concurrency // len(specs))
+        self._sessions = [RawSession(spec, share) for spec in specs]
+
+    async def request(self, worker: int) -> Reply:
+        count = len(self._sessions)
+        return await self._sessions[worker % count].request(worker // count)
+
+    async def aclose(self) -> None:
+        for session in self._sessions:
+            await session.aclose()
 
 
 class HttpxSession:

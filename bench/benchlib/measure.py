@@ -7,14 +7,28 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import dataclass
 
 import httpx
 
-from .client import CLIENTS, Reply, Session
-from .common import MOCK_KEY, BenchError, log
-from .report import fmt_ms
+from .client import CLIENTS, Reply, Session, SplitSession
+from .common import MOCK_KEY, BenchError, fmt_ms, log
 from .scenarios import RequestSpec, Scenario, openai_spec
-from .stats import Phase, ScenarioResult, Tally, percentiles_ms, process_cpu
+from .stats import Phase, ScenarioResult, Tally, percentiles_ms, tree_cpu
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one target of a scenario is: the request (one per process, when the load is
+    split over several), and the processes whose CPU counts as the target's own."""
+
+    specs: tuple[RequestSpec, ...]
+    own: tuple[str, ...]
+
+    def session(self, client: str, concurrency: int) -> Session:
+        if len(self.specs) == 1:
+            return CLIENTS[client](self.specs[0], concurrency)
+        return SplitSession(list(self.specs), concurrency)
 
 
 def check_reply(spec: RequestSpec, reply: Reply) -> str | None:
@@ -64,7 +78,7 @@ async def measure(
             if reply.first_content is not None:
                 ttfbs.append(reply.first_content - started)
 
-    cpu_before = {name: process_cpu(pid) for name, pid in pids.items()}
+    cpu_before = {name: tree_cpu(pid) for name, pid in pids.items()}
     client_before = time.process_time()
     started = time.perf_counter()
     # One watchdog for the whole phase rather than a timeout per request, which would cost
@@ -74,7 +88,7 @@ async def measure(
     phase.elapsed = time.perf_counter() - started
     phase.cpu["client"] = time.process_time() - client_before
     for name, pid in pids.items():
-        before, after = cpu_before[name], process_cpu(pid)
+        before, after = cpu_before[name], tree_cpu(pid)
         if before is not None and after is not None:
             phase.cpu[name] = after - before
     return phase
@@ -101,7 +115,7 @@ async def probe(spec: RequestSpec, client: str, what: str) -> None:
 
 async def run_scenario(
     scenario: Scenario,
-    specs: dict[str, RequestSpec],
+    targets: dict[str, Target],
     *,
     client: str,
     rounds: int,
@@ -110,32 +124,39 @@ async def run_scenario(
     pids: dict[str, int],
 ) -> ScenarioResult:
     c = scenario.concurrency
-    sessions = {target: CLIENTS[client](spec, c) for target, spec in specs.items()}
-    tallies = {target: Tally() for target in specs}
-    targets = list(specs)
+    sessions = {name: target.session(client, c) for name, target in targets.items()}
+    tallies = {name: Tally() for name in targets}
+    names = list(targets)
     try:
-        for target in targets:
+        for name in names:
             # Opens the connections (the proxy's upstream pool too) and fills the caches.
-            await measure(sessions[target], specs[target], concurrency=c, seconds=warmup, pids={})
+            await measure(
+                sessions[name], targets[name].specs[0], concurrency=c, seconds=warmup, pids={}
+            )
         for index in range(rounds):
-            # Rotate who goes first, so a drift in machine load hits every target alike. With
-            # two targets this is plain alternation; with three, each takes every position.
-            shift = index % len(targets)
-            order = targets[shift:] + targets[:shift]
+            # Rotate who goes first, so a drift in machine load hits every target alike: with
+            # two targets this is plain alternation; with more, each takes every position.
+            shift = index % len(names)
+            order = names[shift:] + names[:shift]
             figures = []
-            for target in order:
+            for name in order:
                 phase = await measure(
-                    sessions[target], specs[target], concurrency=c, seconds=seconds, pids=pids
+                    sessions[name],
+                    targets[name].specs[0],
+                    concurrency=c,
+                    seconds=seconds,
+                    pids=pids,
                 )
-                tallies[target].add(phase)
-                figures.append(f"{target} {phase.rps:7.1f}/s")
+                tallies[name].add(phase)
+                figures.append(f"{name} {phase.rps:.0f}/s")
                 if phase.errors:
                     figures[-1] += f" ({phase.errors} errors)"
-            log(f"  {scenario.label:28} round {index + 1}/{rounds}: " + ", ".join(figures))
+            log(f"  {scenario.label:36} {index + 1}/{rounds}: " + ", ".join(figures))
     finally:
         for session in sessions.values():
             await session.aclose()
-    return ScenarioResult(scenario, tallies)
+    own = {name: target.own for name, target in targets.items()}
+    return ScenarioResult(scenario, tallies, own)
 
 
 async def compare_clients(

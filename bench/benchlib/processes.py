@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from .common import HOST, MOCK_CHUNKS, MOCK_KEY, REPO_ROOT, BenchError, log
+from .servers import server_command
 
 LISTENING = re.compile(rb"mock provider listening on http://[^:\s]+:(\d+)")
 
@@ -32,8 +33,9 @@ def free_port() -> int:
         return port
 
 
-# Daphne's access log (on by default at verbosity 1): one line per request, never the clue.
-ACCESS_LOG_LINE = re.compile(r"^\S+ - - \[")
+# Access logs, one line per request and never the clue: Daphne's (on by default at verbosity
+# 1), uvicorn's, granian's and LiteLLM's (uvicorn's again).
+ACCESS_LOG_LINE = re.compile(r'^(\S+ - - \[|INFO: +\S+ - "|\[[-\d :+]+\] \S+ - ")')
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -75,23 +77,50 @@ class Processes:
             )
         return result.stdout.decode()
 
-    def spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        cpus: set[int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a child logging to <workdir>/<name>.log; `cpus` pins it (and every thread
+        and child it starts) before it runs a line of its own."""
         log_path = self.workdir / f"{name}.log"
         # A file, not a pipe: nobody has to keep draining it while the child runs.
         handle: IO[bytes] = log_path.open("wb")
+
+        def pin() -> None:
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+
         try:
             process = subprocess.Popen(
                 command,
                 cwd=self.root,
-                env=self.env,
+                env=self.env if env is None else env,
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
+                preexec_fn=pin if cpus is not None else None,
             )
         finally:
             handle.close()
         self.children[name] = (process, log_path)
         return process
+
+    def stop_child(self, name: str) -> None:
+        """Stop one child now (SIGTERM, then SIGKILL after 5 s); its log stays readable."""
+        process, _ = self.children[name]
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
+                process.kill()
+                process.wait()
 
     def output(self, name: str) -> str:
         """The end of a child's output, access log left out."""
@@ -100,7 +129,9 @@ class Processes:
     def failed(self, name: str, problem: str) -> BenchError:
         return BenchError(f"{name} {problem}; its output:\n{self.output(name)}")
 
-    def start_mock(self, *, timeout: float = 30) -> int:
+    def start_mock(
+        self, *, timeout: float = 30, chunks: int = MOCK_CHUNKS, cpus: set[int] | None = None
+    ) -> int:
         process = self.spawn(
             "mock",
             [
@@ -109,10 +140,11 @@ class Processes:
                 "mock_provider",
                 f"--host={HOST}",
                 "--port=0",
-                f"--chunks={MOCK_CHUNKS}",
+                f"--chunks={chunks}",
                 "--chunk-delay=0",
                 "--ttft=0",
             ],
+            cpus=cpus,
         )
         log_path = self.children["mock"][1]
         deadline = time.monotonic() + timeout
@@ -125,37 +157,43 @@ class Processes:
             time.sleep(0.02)
         raise self.failed("mock", f"did not listen within {timeout}s")
 
-    def start_proxy(self, *, name: str = "proxy", timeout: float = 60) -> int:
+    def start_proxy(
+        self,
+        *,
+        name: str = "proxy",
+        server: str = "daphne",
+        timeout: float = 60,
+        cpus: set[int] | None = None,
+        readyz: bool = False,
+    ) -> int:
+        """Serve the proxy on `server` and wait until it answers: any HTTP answer to
+        /v1/models (401 without a token) by default, which older revisions give too, or
+        with `readyz` a 200 from /readyz (database, Redis and ledger drain checked), or a 503
+        for the ledger drain alone (ready_but_ledger; logged)."""
         # Daphne cannot report a port it chose itself, so one is picked here; the tiny race
         # with another process taking it in between would show up as a start-up failure.
         port = free_port()
-        process = self.spawn(
+        process = self.spawn(name, server_command(server, port), cpus=cpus)
+        answer = wait_until_ready(
+            self,
             name,
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                HOST,
-                "-p",
-                str(port),
-                "proxy_site.asgi:application",
-            ],
+            process,
+            f"http://{HOST}:{port}" + ("/readyz" if readyz else "/v1/models"),
+            timeout=timeout,
+            need_ok=readyz,
+            also_ready=ready_but_ledger if readyz else None,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise self.failed(name, f"exited with status {process.returncode}")
-            try:
-                # Any HTTP answer (401 without a token) means Django is loaded and serving.
-                httpx.get(f"http://{HOST}:{port}/v1/models", timeout=2, trust_env=False)
-                return port
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise self.failed(name, f"did not answer within {timeout}s")
+        if readyz and answer.status_code != 200:
+            log(f"bench: {name}: /readyz says {answer.text}; taken as ready (the probes drain it)")
+        return port
 
     def pids(self) -> dict[str, int]:
-        return {name: process.pid for name, (process, _) in self.children.items()}
+        """The children still running, by name."""
+        return {
+            name: process.pid
+            for name, (process, _) in self.children.items()
+            if process.poll() is None
+        }
 
     def stop(self) -> None:
         for process, _ in self.children.values():
@@ -168,6 +206,55 @@ class Processes:
                 log(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
                 process.kill()
                 process.wait()
+
+
+def ready_but_ledger(response: httpx.Response) -> bool:
+    """/readyz's 503 whose only failing check is the ledger drain. A fresh process starts its
+    drain with its first billed request, so ledger entries an earlier, stopped process left
+    behind (a run cut short) keep /readyz at 503 until then; the bench's probes are that first
+    request. The caller notes it."""
+    if response.status_code != 503:
+        return False
+    try:
+        checks = response.json().get("checks", {})
+    except ValueError:
+        return False
+    failing = {name for name, outcome in checks.items() if outcome != "ok"}
+    return failing == {"ledger"}
+
+
+def wait_until_ready(
+    processes: Processes,
+    name: str,
+    process: subprocess.Popen[bytes],
+    url: str,
+    *,
+    timeout: float,
+    need_ok: bool,
+    also_ready: Callable[[httpx.Response], bool] | None = None,
+) -> httpx.Response:
+    """Poll `url` until it answers (200 if `need_ok`, or whatever `also_ready` accepts after a
+    few seconds); that answer, or BenchError with the child's log if the child exits or the
+    time runs out."""
+    started = time.monotonic()
+    deadline = started + timeout
+    status = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise processes.failed(name, f"exited with status {process.returncode}")
+        try:
+            response = httpx.get(url, timeout=2, trust_env=False)
+            status = response.status_code
+            if not need_ok or status == 200:
+                return response
+            # Only once start-up's own warm-up has had its time.
+            if also_ready and time.monotonic() - started > 10 and also_ready(response):
+                return response
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    seen = f" (last answer: HTTP {status})" if status is not None else ""
+    raise processes.failed(name, f"was not ready within {timeout}s{seen}")
 
 
 def redact(url: str) -> str:

@@ -366,6 +366,7 @@ def checks(
 # provoke. "Internal Server Error" (a 500) stays an error.
 ROUTINE_5XX = ("Bad Gateway:", "Gateway Timeout:")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) (\S+) (.*)$")
+REQUEST_ID_PREFIX = re.compile(r"^\s*(req_[0-9a-f]+\s+)?")
 
 
 def summarise_log(path: Path) -> dict[str, Any]:
@@ -389,6 +390,9 @@ def summarise_log(path: Path) -> dict[str, Any]:
         if found:
             in_traceback = False
             level, name, message = found.groups()
+            # The plain format puts the request id before the message (an empty one outside
+            # a request), so Django's 502 / 504 line starts with it.
+            message = REQUEST_ID_PREFIX.sub("", message)
             if name == "django.request" and message.startswith(ROUTINE_5XX):
                 level = "ROUTINE"  # Django's own line for a 502/504 the faults caused
             levels[level] += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .scenarios import Scenario
+from .servers import tree_pids
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -27,6 +28,22 @@ def process_cpu(pid: int) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu(pid: int) -> float | None:
+    """CPU seconds of a process and its descendants; None once the process is gone."""
+    own = process_cpu(pid)
+    if own is None:
+        return None
+    return own + sum(process_cpu(child) or 0.0 for child in tree_pids(pid)[1:])
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """Resident memory of a process and its descendants in MiB (granian's supervisor and
+    worker together); None off Linux."""
+    sizes = [process_rss_mb(member) for member in tree_pids(pid)]
+    known = [size for size in sizes if size is not None]
+    return round(sum(known), 1) if known else None
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -161,89 +178,132 @@ def percentiles_ms(values: list[float]) -> dict[str, float]:
     } | {"max": round(ordered[-1] * 1000, 3) if ordered else math.nan}
 
 
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
 @dataclass
 class ScenarioResult:
+    """One scenario's targets, pooled over its rounds.
+
+    `own` names, per target, the processes whose CPU is that target's own: the mock's for
+    direct, the serving process's for a gateway (both processes' for two behind one client).
+    """
+
     scenario: Scenario
     tallies: dict[str, Tally]
+    own: dict[str, tuple[str, ...]]
+    # Targets left out of this scenario, and why (their probe failed).
+    excluded: dict[str, str] = field(default_factory=dict)
 
-    def cpu_ratio(self) -> float | None:
-        """The proxy's CPU per request in units of the mock's CPU per direct request.
+    def own_cpu(self, target: str) -> float | None:
+        """CPU ms per request of the process(es) serving `target`."""
+        tally = self.tallies.get(target)
+        if tally is None:
+            return None
+        cpu = tally.cpu_ms_per_request()
+        parts = [cpu[name] for name in self.own[target] if name in cpu]
+        return sum(parts) if parts else None
+
+    def cpu_vs_mock(self, target: str) -> float | None:
+        """A target's CPU per request in units of the mock's CPU per direct request.
 
         Contention on a shared machine inflates every process's CPU time alike, so this
         quotient holds far steadier than either figure does on its own.
         """
-        proxy = self.tallies["proxy"].cpu_ms_per_request().get("proxy")
-        mock = self.tallies["direct"].cpu_ms_per_request().get("mock")
-        return proxy / mock if proxy is not None and mock else None
+        own, mock = self.own_cpu(target), self.own_cpu("direct")
+        return own / mock if own is not None and mock else None
 
-    def round_ratios(self, over: str = "direct", target: str = "proxy") -> list[float]:
+    def rps_ratio(self, target: str, over: str = "direct") -> float | None:
+        below, above = self.tallies.get(over), self.tallies.get(target)
+        if below is None or above is None or not below.rps:
+            return None
+        return above.rps / below.rps
+
+    def round_ratios(self, over: str = "direct", target: str = "daphne") -> list[float]:
         """target's req/s over `over`'s, round by round (both measured in the same round)."""
+        if over not in self.tallies or target not in self.tallies:
+            return []
         below, above = self.tallies[over].round_rps, self.tallies[target].round_rps
         return [a / b for b, a in zip(below, above, strict=True) if b]
 
-    def own_cpu(self, target: str) -> float | None:
-        """CPU ms per request of the process serving `target` (mock for direct)."""
-        process = "mock" if target == "direct" else target
-        return self.tallies[target].cpu_ms_per_request().get(process)
+    def percentile(self, target: str, pct: str, *, ttfb: bool = False) -> float:
+        tally = self.tallies.get(target)
+        if tally is None:
+            return math.nan
+        values = tally.ttfbs if ttfb else tally.latencies
+        return percentiles_ms(values)[pct] if values else math.nan
+
+    def added(self, target: str, pct: str = "p50", *, ttfb: bool = False) -> float:
+        """What `target` adds to the direct path at that percentile, in ms."""
+        return self.percentile(target, pct, ttfb=ttfb) - self.percentile("direct", pct, ttfb=ttfb)
 
     def vs_baseline(self) -> dict[str, Any] | None:
         """The current proxy against the baseline proxy: what the newer code costs."""
         if "baseline" not in self.tallies:
             return None
-        base, current = self.tallies["baseline"], self.tallies["proxy"]
-        bl, cl = percentiles_ms(base.latencies), percentiles_ms(current.latencies)
-        base_cpu, current_cpu, mock_cpu = (self.own_cpu(t) for t in ("baseline", "proxy", "direct"))
+        base, current = self.tallies["baseline"], self.tallies["daphne"]
+        base_cpu, current_cpu = self.own_cpu("baseline"), self.own_cpu("daphne")
         out: dict[str, Any] = {
-            "rps_ratio": round(current.rps / base.rps, 4) if base.rps else None,
+            "rps_ratio": _round(self.rps_ratio("daphne", "baseline"), 4),
             "round_rps_ratios": [round(r, 4) for r in self.round_ratios("baseline")],
-            "baseline_rps_vs_direct": (
-                round(base.rps / self.tallies["direct"].rps, 4)
-                if self.tallies["direct"].rps
-                else None
-            ),
-            "added_latency_ms": {k: round(cl[k] - bl[k], 3) for k in ("p50", "p99")},
-            "cpu_ms_per_request": {
-                "proxy": None if current_cpu is None else round(current_cpu, 3),
-                "baseline": None if base_cpu is None else round(base_cpu, 3),
+            "baseline_rps_vs_direct": _round(self.rps_ratio("baseline"), 4),
+            "added_latency_ms": {
+                k: round(self.percentile("daphne", k) - self.percentile("baseline", k), 3)
+                for k in ("p50", "p99")
             },
+            "cpu_ms_per_request": {"proxy": _round(current_cpu), "baseline": _round(base_cpu)},
             "added_cpu_ms_per_request": (
                 round(current_cpu - base_cpu, 3)
                 if current_cpu is not None and base_cpu is not None
                 else None
             ),
-            # As with proxy_cpu_vs_direct_mock: both in units of the mock's CPU per direct
-            # request, which contention disturbs far less than either absolute figure.
-            "baseline_cpu_vs_direct_mock": (
-                round(base_cpu / mock_cpu, 2) if base_cpu is not None and mock_cpu else None
-            ),
+            # In units of the mock's CPU per direct request, which contention disturbs far
+            # less than either absolute figure.
+            "baseline_cpu_vs_direct_mock": _round(self.cpu_vs_mock("baseline"), 2),
             "cpu_ratio": (
                 round(current_cpu / base_cpu, 3) if current_cpu is not None and base_cpu else None
             ),
         }
         if base.ttfbs and current.ttfbs:
-            bt, ct = percentiles_ms(base.ttfbs), percentiles_ms(current.ttfbs)
-            out["added_ttfb_ms"] = {k: round(ct[k] - bt[k], 3) for k in ("p50", "p99")}
+            out["added_ttfb_ms"] = {
+                k: round(
+                    self.percentile("daphne", k, ttfb=True)
+                    - self.percentile("baseline", k, ttfb=True),
+                    3,
+                )
+                for k in ("p50", "p99")
+            }
         return out
 
     def summary(self) -> dict[str, Any]:
-        direct, proxy = self.tallies["direct"], self.tallies["proxy"]
-        dl, pl = percentiles_ms(direct.latencies), percentiles_ms(proxy.latencies)
-        cpu = self.cpu_ratio()
+        pair = self.scenario.pair
+        targets: dict[str, Any] = {}
+        for name, tally in self.tallies.items():
+            entry = tally.summary() | {"own_cpu_ms_per_request": _round(self.own_cpu(name))}
+            if name != "direct" and "direct" in self.tallies:
+                entry["vs_direct"] = {
+                    "rps_ratio": _round(self.rps_ratio(name), 4),
+                    "round_rps_ratios": [round(r, 4) for r in self.round_ratios(target=name)],
+                    "added_latency_ms": {k: _round(self.added(name, k)) for k in ("p50", "p99")},
+                    "cpu_vs_direct_mock": _round(self.cpu_vs_mock(name), 2),
+                }
+                if tally.ttfbs:
+                    entry["vs_direct"]["added_ttfb_ms"] = {
+                        k: _round(self.added(name, k, ttfb=True)) for k in ("p50", "p99")
+                    }
+            targets[name] = entry
         out: dict[str, Any] = {
-            "route": self.scenario.route,
+            "label": self.scenario.label,
+            "section": self.scenario.section,
+            "client_format": pair.fmt,
+            "route": pair.route,
+            "passthrough": pair.passthrough,
             "stream": self.scenario.stream,
             "concurrency": self.scenario.concurrency,
-            "direct": direct.summary(),
-            "proxy": proxy.summary(),
-            "rps_ratio": round(proxy.rps / direct.rps, 4) if direct.rps else None,
-            "round_rps_ratios": [round(r, 4) for r in self.round_ratios()],
-            "added_latency_ms": {k: round(pl[k] - dl[k], 3) for k in ("p50", "p99")},
-            "proxy_cpu_vs_direct_mock": None if cpu is None else round(cpu, 2),
+            "targets": targets,
+            "excluded": self.excluded,
         }
-        if direct.ttfbs and proxy.ttfbs:
-            dt, pt = percentiles_ms(direct.ttfbs), percentiles_ms(proxy.ttfbs)
-            out["added_ttfb_ms"] = {k: round(pt[k] - dt[k], 3) for k in ("p50", "p99")}
         if "baseline" in self.tallies:
-            out["baseline"] = self.tallies["baseline"].summary()
             out["vs_baseline"] = self.vs_baseline()
         return out
