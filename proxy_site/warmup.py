@@ -125,19 +125,21 @@ STEPS: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
 
 async def awarm() -> None:
     """Every step once, each within PROXY_WARMUP_TIMEOUT; then `warming()` is False."""
+    global _done
     started = time.monotonic()
     took: list[str] = []
-    for name, step in STEPS:
-        began = time.monotonic()
-        try:
-            async with asyncio.timeout(settings.PROXY_WARMUP_TIMEOUT):
-                await step()
-        except Exception as exc:  # any failure: serve anyway, readiness tells what is down
-            logger.warning("warm-up: %s failed: %s: %s", name, type(exc).__name__, exc)
-        took.append(f"{name} {1000 * (time.monotonic() - began):.0f} ms")
-    _settle_the_heap()
-    global _done
-    _done = True
+    try:
+        for name, step in STEPS:
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(settings.PROXY_WARMUP_TIMEOUT):
+                    await step()
+            except Exception as exc:  # any failure: serve anyway, readiness tells what is down
+                logger.warning("warm-up: %s failed: %s: %s", name, type(exc).__name__, exc)
+            took.append(f"{name} {1000 * (time.monotonic() - began):.0f} ms")
+        _settle_the_heap()
+    finally:
+        _done = True  # whatever happened, never "warming" for ever
     logger.info("warmed up in %.0f ms (%s)", 1000 * (time.monotonic() - started), ", ".join(took))
 
 
