@@ -744,14 +744,17 @@ async def _arelay(
             break
         finally:
             meter.provider_wait += time.monotonic() - now  # waiting on the provider
+        # One network read may carry several events, the last of them a failure: what the
+        # events before it produced still goes out, ahead of the error.
+        pieces: list[bytes] = []
         try:
             events = parser.feed(chunk)  # ProxyError past PROXY_MAX_EVENT_BYTES
             if any(event.data is not None for event in events):
                 content_by = time.monotonic() + idle
-            out = b"".join(translator.feed(event) for event in events)
+            for event in events:
+                pieces.append(translator.feed(event))
         except ProxyError as error:
             failure = error
-            break
         except Exception:
             # Logged with the request id: a bug in a translator must not pass for the
             # provider's fault, and the stream cannot go on either way.
@@ -759,13 +762,15 @@ async def _arelay(
             failure = ProxyError(
                 502, "The provider's stream could not be translated.", code="upstream_error"
             )
-            break
+        out = b"".join(pieces)
         if out:
             if meter.first_byte_at is None and translator.content_deltas:
                 meter.first_byte_at = time.monotonic()  # the first content the client gets
             # Events are whole here (the parser cuts at their ends), so a key quoted in one,
             # an error event as much as content, is found and removed before it is sent.
             yield opened.key.auth.scrub_bytes(out)
+        if failure is not None:
+            break
         if translator.complete:
             # The provider ended its answer: whatever it might send after is not relayed (nor
             # can it turn a complete answer into a failure, or follow its last event). The

@@ -16,8 +16,6 @@ from proxy_site import warmup
 from tests.conftest import JwtKeys, LiveProxy, World, ledger_rows, start_proxy, stop_proxy
 from tests.support.mockserver import MockServer
 
-pytestmark = pytest.mark.core
-
 GUARD_WARNING = "slow clients will NOT be cut off"
 
 
@@ -83,6 +81,7 @@ def test_it_warms_up_on_daphne_too(proxy: LiveProxy, world: World) -> None:
     assert GUARD_WARNING not in proxy.log()
 
 
+@pytest.mark.core
 @pytest.mark.django_db
 async def test_it_is_not_ready_while_warming_up(monkeypatch: pytest.MonkeyPatch) -> None:
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -97,6 +96,7 @@ async def test_it_is_not_ready_while_warming_up(monkeypatch: pytest.MonkeyPatch)
     assert "warm-up" not in response.json()["checks"]
 
 
+@pytest.mark.core
 def test_it_freezes_what_start_up_made_out_of_the_collectors_view() -> None:
     import gc
 
