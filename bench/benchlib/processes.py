@@ -115,12 +115,7 @@ class Processes:
         process, _ = self.children[name]
         if process.poll() is None:
             process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                log(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
-                process.kill()
-                process.wait()
+            _reap(name, process)
 
     def output(self, name: str) -> str:
         """The end of a child's output, access log left out."""
@@ -200,12 +195,7 @@ class Processes:
             if process.poll() is None:
                 process.terminate()
         for name, (process, _) in self.children.items():
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                log(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
-                process.kill()
-                process.wait()
+            _reap(name, process)
 
 
 def ready_but_ledger(response: httpx.Response) -> bool:
@@ -255,6 +245,16 @@ def wait_until_ready(
         time.sleep(0.05)
     seen = f" (last answer: HTTP {status})" if status is not None else ""
     raise processes.failed(name, f"was not ready within {timeout}s{seen}")
+
+
+def _reap(name: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait for a child told to stop (SIGTERM sent); SIGKILL after 5 s."""
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        log(f"{name} (pid {process.pid}) ignored SIGTERM; killing it")
+        process.kill()
+        process.wait()
 
 
 def redact(url: str) -> str:
